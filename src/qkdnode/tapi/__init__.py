@@ -1,0 +1,1 @@
+"""tapi package."""
