@@ -1,1 +1,53 @@
-"""devices package."""
+"""devices package: physical key-rate models and profiles of simulated QKD modules."""
+
+from .physics import (
+    Band,
+    ChannelUseRate,
+    DeviceProfile,
+    LinkPerformance,
+    Protocol,
+    RateFluctuation,
+    band_loss_db_per_km,
+    band_of_wavelength,
+    fibre_loss_db,
+    itu_channel_wavelength_nm,
+    key_rate_per_channel_use,
+    link_performance,
+    plob_bound,
+    plob_check,
+)
+from .profiles import (
+    AIT_CV,
+    ALL_PROFILES,
+    HWDU_CV,
+    IDQ_COW,
+    IDQ_COW_C,
+    TOSHIBA_BB84,
+    at_wavelength,
+    profile_by_name,
+)
+
+__all__ = [
+    "AIT_CV",
+    "ALL_PROFILES",
+    "Band",
+    "ChannelUseRate",
+    "DeviceProfile",
+    "HWDU_CV",
+    "IDQ_COW",
+    "IDQ_COW_C",
+    "LinkPerformance",
+    "Protocol",
+    "RateFluctuation",
+    "TOSHIBA_BB84",
+    "at_wavelength",
+    "band_loss_db_per_km",
+    "band_of_wavelength",
+    "fibre_loss_db",
+    "itu_channel_wavelength_nm",
+    "key_rate_per_channel_use",
+    "link_performance",
+    "plob_bound",
+    "plob_check",
+    "profile_by_name",
+]

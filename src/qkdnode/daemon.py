@@ -1,0 +1,94 @@
+"""The node daemon: one process per network node, wiring datastores, agent and servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import uuid
+from pathlib import Path
+
+from .agent import SdnAgent
+from .config import NodeConfig
+from .datastore import Datastores
+from .netconf.namespaces import QKD_NODE_NS
+from .netconf.server import NetconfServer
+from .schema import build_context
+
+log = logging.getLogger(__name__)
+
+VERSION = "qkdnet-0.1.0"
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.state_dir = Path(cfg.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = self._node_id()
+        self.ctx = build_context()
+        self.datastores = Datastores(self.ctx, self.state_dir, self._initial_config)
+        self.agent = SdnAgent()
+        self.datastores.subsystems.append(self.agent)
+        self.datastores.providers.append(self.agent.state)
+        self.netconf = NetconfServer(
+            self.datastores, cfg.netconf.users, self.state_dir / "ssh_host_ed25519_key", cfg.netconf.limits
+        )
+        self.netconf_port = 0
+
+    def _node_id(self) -> str:
+        id_file = self.state_dir / "node_id"
+        if self.cfg.node_id:
+            node_id = self.cfg.node_id
+        elif id_file.exists():
+            node_id = id_file.read_text().strip()
+        else:
+            node_id = str(uuid.uuid4())
+        if not id_file.exists() or id_file.read_text().strip() != node_id:
+            id_file.write_text(node_id + "\n")
+        return node_id
+
+    def _initial_config(self) -> str:
+        location = self.cfg.location or self.cfg.name
+        return (
+            f'<qkd_node xmlns="{QKD_NODE_NS}"><qkdn_id>{self.node_id}</qkdn_id>'
+            f"<qkdn_version>{VERSION}</qkdn_version><qkdn_location_id>{location}</qkdn_location_id>"
+            "<qkdn_capabilities><link_stats_support>true</link_stats_support>"
+            "<application_stats_support>false</application_stats_support>"
+            "<key_relay_mode_enable>true</key_relay_mode_enable></qkdn_capabilities></qkd_node>"
+        )
+
+    async def start(self) -> None:
+        self.netconf_port = await self.netconf.start(self.cfg.netconf.host, self.cfg.netconf.port)
+        write_json_atomic(
+            self.state_dir / "node.json",
+            {"name": self.cfg.name, "node_id": self.node_id, "pid": os.getpid(),
+             "netconf": {"host": self.cfg.netconf.host, "port": self.netconf_port}},
+        )
+        log.info("node %s (%s) NETCONF on %s:%d", self.cfg.name, self.node_id, self.cfg.netconf.host, self.netconf_port)
+
+    async def stop(self) -> None:
+        await self.netconf.stop()
+
+
+async def run_node(cfg: NodeConfig) -> None:
+    node = Node(cfg)
+    await node.start()
+    print(f"READY {cfg.name} netconf={node.netconf_port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await asyncio.wait_for(node.stop(), timeout=5)
