@@ -9,7 +9,6 @@ state comes from providers at read time and is never stored in running.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Callable, Iterable, Protocol
 import libyang
 
 from .datatree import DataTree
+from .journal import RunningStore
 from .edit import AppliedEdit, EditOp, ErrorOption, apply_edit, parse_edit
 from .netconf import errors as E
 
@@ -78,7 +78,7 @@ class Datastores:
         self.ctx = ctx
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.running_path = self.state_dir / "running.xml"
+        self.store = RunningStore(ctx, self.state_dir)
         self.subsystems: list[Subsystem] = []
         self.providers: list[StateProvider] = []
         self.listeners: list[CommitListener] = []
@@ -87,11 +87,11 @@ class Datastores:
         self._candidate_valid = True
         self._candidate_edits: list[AppliedEdit] = []
         self._cache: dict[tuple[Datastore, str], str] = {}
-        if self.running_path.exists():
-            self.running = DataTree.parse(ctx, self.running_path.read_text())
+        if self.store.exists():
+            self.running = self.store.load()
         elif initial_config is not None:
             self.running = DataTree.parse(ctx, initial_config())
-            self._persist(self.running.print())
+            self.store.write_snapshot(self.running)
         else:
             self.running = DataTree(ctx)
 
@@ -309,8 +309,7 @@ class Datastores:
             for sub in self.subsystems:
                 sub.verify(change)
                 verified.append(sub)
-            text = new.print()
-            self._persist(text)
+            self.store.record(new, change.edits)
         except Exception as exc:
             for sub in reversed(verified):
                 try:
@@ -328,7 +327,6 @@ class Datastores:
         self._candidate_edits = []
         self._invalidate(Datastore.RUNNING)
         self._invalidate(Datastore.CANDIDATE)
-        self._cache[(Datastore.RUNNING, "explicit")] = text
         for sub in self.subsystems:
             try:
                 sub.apply(change)
@@ -346,25 +344,10 @@ class Datastores:
     def replace_running(self, xml: str) -> None:
         """Load a whole configuration (start-up of a node from its config file)."""
         tree = DataTree.parse(self.ctx, xml)
-        self._persist(tree.print())
+        self.store.write_snapshot(tree)
         old, self.running = self.running, tree
         self._invalidate(Datastore.RUNNING)
         old.free()
-
-    def _persist(self, text: str) -> None:
-        tmp = self.running_path.with_suffix(".xml.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.running_path)
-        dfd = os.open(self.state_dir, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def edits_paths(edits: Iterable[AppliedEdit]) -> list[str]:

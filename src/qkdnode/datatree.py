@@ -289,7 +289,7 @@ class DataTree:
     # -- modification -------------------------------------------------------------------------
     def merge_node(self, node: Node, *, with_parents: bool = True, recursive: bool = True) -> None:
         """Copy `node` (with its ancestors, without NETCONF metadata) into this tree."""
-        flags = lib.LYD_DUP_NO_META
+        flags = lib.LYD_DUP_NO_META | lib.LYD_DUP_WITH_FLAGS
         if recursive:
             flags |= lib.LYD_DUP_RECURSIVE
         if with_parents:

@@ -148,12 +148,15 @@ class EditApplier:
             return
         inner = _is_inner(node)
         if op is EditOp.MERGE:
-            if not inner or not self._ops_below(node):
+            # descend while the target has the node, so that each change is recorded at the
+            # smallest subtree it touches (precise journal records and config-change events)
+            if not inner or existing is None and not self._ops_below(node):
                 self.target.merge_node(node)
                 self._record(op, node)
                 return
             if existing is None:
                 self.target.merge_node(node, recursive=False)
+                self._record(op, node)
             for child in _children(node):
                 if not _is_key(child):
                     self._guarded(child, EditOp.MERGE)

@@ -73,14 +73,12 @@ def _configure_libyang_logging() -> None:
     _logging_configured = True
 
 
-def build_context(extra_dirs: tuple[Path, ...] = (), with_tapi: bool | None = None) -> libyang.Context:
+def build_context(extra_dirs: tuple[Path, ...] = (), with_tapi: bool = False) -> libyang.Context:
     """A compiled context with every served module implemented."""
     _configure_libyang_logging()
     search = [project_yang_dir(), *extra_dirs, ietf_yang_dir()]
     ctx = libyang.Context(":".join(str(p) for p in search))
     modules = list(DATA_MODULES)
-    if with_tapi is None:
-        with_tapi = (project_yang_dir() / "tapi-common.yang").exists()
     if with_tapi:
         modules += TAPI_MODULES
     for served in (*modules, *PROTOCOL_MODULES):

@@ -1,11 +1,14 @@
-"""Device profiles of the QKD modules deployed in MadQCI (Martin et al., npj Quantum Inf. 10, 80 (2024)).
+"""Device profiles of the QKD modules deployed in MadQCI.
+
+MadQCI: V. Martin et al., npj Quantum Inf. 10, 80 (2024).
 
 The MadQCI paper gives the device types, clock/symbol rates, bands and a few receiver figures
-(Table 1 and the device sections). Every other number below is either taken from the cited technical
-literature of the same device family or is a *plausible* value for that technology and is labelled so
-in ``source``/``notes``. None of them was fitted to the key rates measured in MadQCI's Table 1; the
-rates follow from the formulas in :mod:`qkdnode.devices.physics` (asymptotic, infinite-key, so they
-sit above field averages, which include finite-size, authentication and operational overheads).
+(Table 1 and the device sections). Every other number below is either taken from the cited
+technical literature of the same device family or is a *plausible* value for that technology and is
+labelled so in ``source``/``notes``. None of them was fitted to the key rates measured in MadQCI's
+Table 1; the rates follow from the formulas in :mod:`qkdnode.devices.physics` (asymptotic,
+infinite-key, so they sit above field averages, which include finite-size, authentication and
+operational overheads).
 """
 
 from __future__ import annotations
@@ -40,11 +43,12 @@ TOSHIBA_BB84 = DeviceProfile(
     protocol=Protocol.DECOY_BB84,
     source=(
         f"{_MADQCI}: T12 decoy BB84, phase encoding, 1 GHz clock, self-differencing APDs, 1310 nm. "
-        "Protocol: M. Lucamarini et al., Opt. Express 21, 24550 (2013) (T12: biased bases, signal + "
-        "weak decoy + vacuum); system: A. R. Dixon et al., Opt. Express 16, 18790 (2008) (1 GHz decoy "
-        "BB84 with self-differencing InGaAs APDs). Key rate: GLLP with vacuum+weak decoy bounds of "
-        "X. Ma, B. Qi, Y. Zhao, H.-K. Lo, Phys. Rev. A 72, 012326 (2005). Detector efficiency, "
-        "background, e_d, intensities, basis bias and loss budget are plausible values."
+        "Protocol: M. Lucamarini et al., Opt. Express 21, 24550 (2013) (T12: biased bases, "
+        "signal + weak decoy + vacuum); system: A. R. Dixon et al., Opt. Express 16, 18790 (2008) "
+        "(1 GHz decoy BB84 with self-differencing InGaAs APDs). Key rate: GLLP with vacuum+weak "
+        "decoy bounds of X. Ma, B. Qi, Y. Zhao, H.-K. Lo, Phys. Rev. A 72, 012326 (2005). "
+        "Detector efficiency, background, e_d, intensities, basis bias and loss budget are "
+        "plausible values."
     ),
     wavelength_nm=1310.0,
     band=Band.O,
@@ -52,7 +56,7 @@ TOSHIBA_BB84 = DeviceProfile(
     repetition_rate_hz=1.0e9,
     detector_efficiency=0.20,  # plausible for gated/self-differencing InGaAs APDs at GHz rates
     receiver_internal_loss_db=3.0,  # plausible: AMZI decoder + narrow-band coexistence filter
-    loss_budget_db=26.0,  # plausible: MadQCI ran it up to ~18 dB (link 8, O band); margin beyond
+    loss_budget_db=26.0,  # plausible; MadQCI link 8 is ~18 dB in the O band (11.8 dB C x ~1.5)
     dark_count_prob=5.0e-6,  # plausible: dark + after-pulse + residual Raman, both detectors
     misalignment_error=0.02,  # plausible interferometric error
     ec_inefficiency=1.16,
@@ -62,8 +66,8 @@ TOSHIBA_BB84 = DeviceProfile(
     sifting_factor=0.88,  # biased bases p_Z ~ 0.94 (Lo, Chau, Ardehali, J. Cryptol. 18, 133 (2005))
     fluctuation_std=0.03,
     fluctuation_tau_s=600.0,
-    notes="Asymptotic vacuum+weak decoy rate; Raman noise of co-propagating C-band traffic folded into "
-    "dark_count_prob.",
+    notes="Asymptotic vacuum+weak decoy rate; Raman noise of co-propagating C-band traffic "
+    "folded into dark_count_prob.",
 )
 
 IDQ_COW = DeviceProfile(
@@ -71,10 +75,12 @@ IDQ_COW = DeviceProfile(
     vendor="ID Quantique",
     protocol=Protocol.COW,
     source=(
-        f"{_MADQCI}: Cerberis 3, coherent one-way, time-bin, O band (two links) or C band ch 32/34. "
+        f"{_MADQCI}: Cerberis 3, coherent one-way, time-bin, O band (two links) or C band "
+        "ch 32/34. "
         "Platform: N. Walenta et al., New J. Phys. 16, 013047 (2014) (625 MHz COW, gated InGaAs "
         "SPDs). Key rate: R_raw[1 - f H2(Q) - I_E] with I_E of C. Branciard, N. Gisin, V. Scarani, "
-        "New J. Phys. 10, 013031 (2008) as used by D. Stucki et al., New J. Phys. 11, 075003 (2009); "
+        "New J. Phys. 10, 013031 (2008) as used for COW experiments, e.g. D. Stucki et al., "
+        "New J. Phys. 11, 075003 (2009); "
         "optimistic (upper bound under restricted attacks). Detector efficiency, dark counts, dead "
         "time, visibility, e_d, splitting ratio and loss budget are plausible values."
     ),
@@ -116,7 +122,8 @@ HWDU_CV = DeviceProfile(
         f"{_MADQCI}: Gaussian-like modulation, heterodyne, 12.5 MBd, C band (ch 37/38), "
         "0.0004-40 photons/symbol, single fixed-rate code down to SNR -19.5 dB, 2.5 dB receiver "
         "loss, receiver-side system noise 0.15 mSNU, up to 23 dB channel loss. Key rate: GG02 "
-        "heterodyne reverse reconciliation with trusted detector, S. Fossier et al., J. Phys. B 42, "
+        "heterodyne reverse reconciliation with trusted detector, S. Fossier et al., "
+        "J. Phys. B 42, "
         "114014 (2009). beta = 0.95 (brief); detector quantum efficiency 0.9 and electronic noise "
         "0.01 SNU are plausible values."
     ),

@@ -1,0 +1,34 @@
+# qkdnet: set-up, main job and checks. Every target works on a fresh Debian machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+DEB_PACKAGES := libyang2-dev libyang2-tools
+STATE ?= state
+DURATION ?= 30
+
+.PHONY: setup demo test bench clean-state
+
+setup: $(STAMP)
+
+# libyang-python 2.8.0 builds against Debian's libyang2 2.1.30 (see pyproject.toml).
+$(STAMP): pyproject.toml
+	@dpkg -s $(DEB_PACKAGES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(DEB_PACKAGES); }
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# The main job: boot a network from the default topology and show it working.
+demo: setup
+	$(VENV)/bin/qkdnet up --topology examples/two-nodes.yaml --state-dir $(STATE)/demo --duration $(DURATION)
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-state:
+	rm -rf $(STATE)

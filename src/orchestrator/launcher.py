@@ -1,0 +1,185 @@
+"""Start a network from a topology file: one `qkdnode run` process per node, all in our group.
+
+Writes every node's config file into the state dir (neighbours' addresses filled in, so any node
+can also be started by hand), picks free ports, waits until every node listens and then writes
+`network.json` atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .topology import Topology
+
+NETCONF_USER = "admin"
+NETCONF_PASSWORD = "admin"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    node_id: str
+    domain: str
+    config_path: Path
+    state_dir: Path
+    netconf_port: int
+    proc: asyncio.subprocess.Process | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Network:
+    """A running network of node processes."""
+
+    def __init__(self, topology: Topology, state_dir: Path, host: str = "127.0.0.1") -> None:
+        self.topology = topology
+        self.state_dir = Path(state_dir).resolve()
+        self.host = host
+        self.nodes: dict[str, NodeProcess] = {}
+        self.network_json = self.state_dir / "network.json"
+
+    # -- preparation --------------------------------------------------------------------------
+    def prepare(self) -> None:
+        (self.state_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        if self.network_json.exists():
+            self.network_json.unlink()  # a stale file must not look like a ready network
+        for spec in self.topology.nodes.values():
+            cfg_path = self.state_dir / "nodes" / f"{spec.name}.yaml"
+            node_id = str(uuid.uuid4())
+            if cfg_path.exists():  # keep identities across restarts of the same state dir
+                old = yaml.safe_load(cfg_path.read_text()) or {}
+                node_id = old.get("node_id", node_id)
+            self.nodes[spec.name] = NodeProcess(
+                name=spec.name, node_id=node_id, domain=spec.domain, config_path=cfg_path,
+                state_dir=self.state_dir / "nodes" / spec.name, netconf_port=free_port(self.host),
+            )
+        for spec in self.topology.nodes.values():
+            self._write_node_config(spec.name)
+
+    def _neighbours(self, name: str) -> list[dict[str, Any]]:
+        out = []
+        for fibre in self.topology.fibres.values():
+            if name not in fibre.ends:
+                continue
+            other = fibre.ends[1] if fibre.ends[0] == name else fibre.ends[0]
+            np = self.nodes[other]
+            out.append({"name": other, "node_id": np.node_id, "fibre": fibre.name,
+                        "netconf": {"host": self.host, "port": np.netconf_port}})
+        return out
+
+    def _write_node_config(self, name: str) -> None:
+        np = self.nodes[name]
+        spec = self.topology.nodes[name]
+        cfg: dict[str, Any] = {
+            "name": name,
+            "node_id": np.node_id,
+            "domain": spec.domain,
+            "location": spec.location or name,
+            "state_dir": str(np.state_dir),
+            "netconf": {
+                "host": self.host, "port": np.netconf_port,
+                "users": [{"username": NETCONF_USER, "password": NETCONF_PASSWORD}],
+            },
+            "neighbours": self._neighbours(name),
+        }
+        mods = [m for m in self.topology.modules.values() if m.node == name]
+        if mods:
+            cfg["modules"] = [
+                {"name": m.name, "technology": m.technology, "role": m.role, "pairs_with": m.pairs_with,
+                 **({"profile": m.profile} if m.profile else {})}
+                for m in mods
+            ]
+        np.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # -- processes ------------------------------------------------------------------------------
+    async def start(self, timeout: float = 60.0) -> None:
+        for np in self.nodes.values():
+            log = open(self.state_dir / "logs" / f"{np.name}.log", "ab")
+            np.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "qkdnode.cli", "run", "--config", str(np.config_path),
+                stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+            )
+            log.close()
+            asyncio.get_running_loop().create_task(self._watch(np))
+        waiters = [asyncio.wait_for(np.ready.wait(), timeout) for np in self.nodes.values()]
+        try:
+            await asyncio.gather(*waiters)
+        except asyncio.TimeoutError:
+            late = [n.name for n in self.nodes.values() if not n.ready.is_set()]
+            raise RuntimeError(f"nodes not ready after {timeout:.0f} s: {', '.join(late)} (see {self.state_dir / 'logs'})") from None
+        self.write_network_json()
+
+    async def _watch(self, np: NodeProcess) -> None:
+        assert np.proc is not None and np.proc.stdout is not None
+        while True:
+            line = await np.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith(b"READY "):
+                np.ready.set()
+
+    def failed(self) -> list[str]:
+        """Nodes whose process has exited."""
+        return [n.name for n in self.nodes.values() if n.proc is not None and n.proc.returncode is not None]
+
+    def network_data(self) -> dict[str, Any]:
+        return {
+            "topology": self.topology.name,
+            "state_dir": str(self.state_dir),
+            "nodes": {
+                np.name: {
+                    "node_id": np.node_id,
+                    "domain": np.domain,
+                    "pid": np.proc.pid if np.proc else None,
+                    "config": str(np.config_path),
+                    "netconf": {"host": self.host, "port": np.netconf_port,
+                                "username": NETCONF_USER, "password": NETCONF_PASSWORD},
+                }
+                for np in self.nodes.values()
+            },
+        }
+
+    def write_network_json(self) -> None:
+        write_json_atomic(self.network_json, self.network_data())
+
+    async def stop(self, grace: float = 8.0) -> None:
+        procs = [np.proc for np in self.nodes.values() if np.proc is not None and np.proc.returncode is None]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), max(0.1, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                p.kill()
+                await p.wait()

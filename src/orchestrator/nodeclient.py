@@ -1,0 +1,67 @@
+"""NETCONF client side (ncclient) shared by the orchestrator and the `qkdnet` tools."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ncclient.transport.session as _nc_session
+from lxml import etree
+from ncclient import manager
+
+# ncclient polls its reply queue every TICK seconds (0.1 as shipped): ~100 ms per RPC.
+_nc_session.TICK = 0.001
+
+QKD_NS = "urn:etsi:qkd:yang:etsi-qkd-node"
+NS = {"q": QKD_NS}
+
+
+@dataclass(frozen=True)
+class NetconfEndpoint:
+    host: str
+    port: int
+    username: str
+    password: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "NetconfEndpoint":
+        return cls(d["host"], int(d["port"]), d["username"], d["password"])
+
+
+def connect(ep: NetconfEndpoint, timeout: float = 10.0) -> manager.Manager:
+    # Lab networks generate host keys per node; production inventories pin them (known_hosts).
+    return manager.connect(
+        host=ep.host, port=ep.port, username=ep.username, password=ep.password,
+        hostkey_verify=False, look_for_keys=False, allow_agent=False, timeout=timeout,
+    )
+
+
+def local(el: etree._Element, path: str) -> str | None:
+    found = el.find(path, NS)
+    return None if found is None or found.text is None else found.text.strip()
+
+
+@dataclass
+class NodeSummary:
+    node_id: str | None
+    status: str | None
+    interfaces: int
+    links: int
+    virt_links: int
+
+
+def node_summary(m: manager.Manager) -> NodeSummary:
+    flt = f'<qkd_node xmlns="{QKD_NS}"/>'
+    data = m.get(filter=("subtree", flt)).data_ele
+    node = data.find("q:qkd_node", NS)
+    if node is None:
+        return NodeSummary(None, None, 0, 0, 0)
+    links = node.findall("q:qkd_links/q:qkd_link", NS)
+    virt = [ln for ln in links if (local(ln, "q:qkdl_type") or "").endswith("VIRT")]
+    return NodeSummary(
+        node_id=local(node, "q:qkdn_id"),
+        status=(local(node, "q:qkdn_status") or "").split(":")[-1] or None,
+        interfaces=len(node.findall("q:qkd_interfaces/q:qkd_interface", NS)),
+        links=len(links) - len(virt),
+        virt_links=len(virt),
+    )

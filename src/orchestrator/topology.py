@@ -1,0 +1,258 @@
+"""Topology files (YAML) for `qkdnet up`: schema, validation with file/line/field errors.
+
+A topology names the network's nodes, fibres, QKD modules and, in later work, SAEs, switches,
+static routes and services. It is read by the launcher only: the orchestrator learns the
+network from the nodes over NETCONF.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+BANDS = {"C": 0.2, "O": 0.33}  # typical fibre attenuation, dB/km (ITU-T G.652)
+TECHNOLOGIES = ("dv-bb84", "dv-cow", "cv-gg02")
+ROLES = ("transmitter", "receiver")
+
+Path_ = tuple[Any, ...]
+
+
+class TopologyError(Exception):
+    """Invalid topology: the message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    domain: str = "default"
+    location: str | None = None
+    border: tuple[str, ...] = ()  # further domains a border node belongs to
+
+
+@dataclass(frozen=True)
+class FibreSpec:
+    name: str
+    ends: tuple[str, str]
+    length_km: float
+    band: str
+    loss_db: float
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    name: str
+    technology: str
+    role: str
+    node: str
+    pairs_with: str | None
+    profile: str | None = None
+
+
+@dataclass(frozen=True)
+class SaeSpec:
+    id: str
+    node: str
+
+
+@dataclass
+class Topology:
+    name: str
+    source: Path | None
+    nodes: dict[str, NodeSpec]
+    fibres: dict[str, FibreSpec]
+    modules: dict[str, ModuleSpec]
+    saes: dict[str, SaeSpec] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # switches, routes, services (later work)
+
+    def domains(self) -> list[str]:
+        out: list[str] = []
+        for n in self.nodes.values():
+            for d in (n.domain, *n.border):
+                if d not in out:
+                    out.append(d)
+        return out
+
+
+class _Lines:
+    """Line numbers of every value in a YAML document, by path."""
+
+    def __init__(self, node: yaml.Node) -> None:
+        self.lines: dict[Path_, int] = {}
+        self._walk(node, ())
+
+    def _walk(self, node: yaml.Node, path: Path_) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                self.lines[path + (k.value,)] = k.start_mark.line + 1
+                self._walk(v, path + (k.value,))
+                self.lines[path + (k.value,)] = k.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                self._walk(v, path + (i,))
+
+    def line(self, path: Path_) -> int:
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path, 1)
+
+
+class _Reader:
+    def __init__(self, source: str, lines: _Lines) -> None:
+        self.source = source
+        self.lines = lines
+
+    def fail(self, path: Path_, msg: str) -> TopologyError:
+        where = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+        return TopologyError(f"{self.source}:{self.lines.line(path)}: {where or 'top level'}: {msg}")
+
+    def mapping(self, value: Any, path: Path_, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+        if not isinstance(value, dict):
+            raise self.fail(path, "expected a mapping")
+        for key in value:
+            if key not in allowed:
+                hint = _closest(str(key), allowed)
+                raise self.fail(path + (key,), f"unknown field {key!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        for key in sorted(required):
+            if key not in value:
+                raise self.fail(path, f"missing required field {key!r}")
+        return value
+
+    def seq(self, value: Any, path: Path_) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise self.fail(path, "expected a list")
+        return value
+
+    def string(self, value: Any, path: Path_) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(path, f"expected a non-empty string, got {value!r}")
+        return value
+
+    def number(self, value: Any, path: Path_, *, minimum: float = 0.0) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+            raise self.fail(path, f"expected a number >= {minimum}, got {value!r}")
+        return float(value)
+
+    def choice(self, value: Any, path: Path_, options: tuple[str, ...]) -> str:
+        if value not in options:
+            raise self.fail(path, f"{value!r} is not one of {', '.join(options)}")
+        return str(value)
+
+
+def _closest(word: str, options: set[str]) -> str | None:
+    import difflib
+
+    found = difflib.get_close_matches(word, sorted(options), n=1)
+    return found[0] if found else None
+
+
+_TOP = {"name", "description", "nodes", "fibres", "modules", "saes", "switches", "routes", "services", "use_cases"}
+
+
+def load_topology(path: Path | str) -> Topology:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise TopologyError(f"{path}: {exc.strerror}") from exc
+    return parse_topology(text, path)
+
+
+def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{source}: {exc}") from exc
+    if node is None:
+        raise TopologyError(f"{source}:1: top level: empty topology")
+    r = _Reader(str(source), _Lines(node))
+    top = r.mapping(raw, (), _TOP, {"nodes"})
+
+    nodes: dict[str, NodeSpec] = {}
+    for i, n in enumerate(r.seq(top.get("nodes"), ("nodes",))):
+        p: Path_ = ("nodes", i)
+        m = r.mapping(n, p, {"name", "domain", "location", "border", "description"}, {"name"})
+        name = r.string(m["name"], p + ("name",))
+        if name in nodes:
+            raise r.fail(p + ("name",), f"duplicate node name {name!r}")
+        border = tuple(r.string(d, p + ("border", j)) for j, d in enumerate(r.seq(m.get("border"), p + ("border",))))
+        nodes[name] = NodeSpec(name, str(m.get("domain", "default")), m.get("location"), border)
+    if not nodes:
+        raise r.fail(("nodes",), "at least one node is needed")
+
+    def node_ref(value: Any, p: Path_) -> str:
+        name = r.string(value, p)
+        if name not in nodes:
+            hint = _closest(name, set(nodes))
+            raise r.fail(p, f"no node named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+        return name
+
+    fibres: dict[str, FibreSpec] = {}
+    for i, f in enumerate(r.seq(top.get("fibres"), ("fibres",))):
+        p = ("fibres", i)
+        m = r.mapping(f, p, {"name", "ends", "length_km", "band", "loss_db", "description", "plausible"}, {"name", "ends", "length_km"})
+        name = r.string(m["name"], p + ("name",))
+        if name in fibres:
+            raise r.fail(p + ("name",), f"duplicate fibre name {name!r}")
+        ends = r.seq(m["ends"], p + ("ends",))
+        if len(ends) != 2:
+            raise r.fail(p + ("ends",), "a fibre has exactly two ends")
+        a = node_ref(ends[0], p + ("ends", 0))
+        b = node_ref(ends[1], p + ("ends", 1))
+        length = r.number(m["length_km"], p + ("length_km",))
+        band = r.choice(m.get("band", "C"), p + ("band",), tuple(BANDS))
+        loss = r.number(m["loss_db"], p + ("loss_db",)) if "loss_db" in m else round(length * BANDS[band], 2)
+        fibres[name] = FibreSpec(name, (a, b), length, band, loss)
+
+    modules: dict[str, ModuleSpec] = {}
+    raw_modules = r.seq(top.get("modules"), ("modules",))
+    for i, mo in enumerate(raw_modules):
+        p = ("modules", i)
+        m = r.mapping(mo, p, {"name", "technology", "role", "node", "pairs_with", "profile", "port", "description"},
+                      {"name", "technology", "role", "node"})
+        name = r.string(m["name"], p + ("name",))
+        if name in modules:
+            raise r.fail(p + ("name",), f"duplicate module name {name!r}")
+        modules[name] = ModuleSpec(
+            name=name,
+            technology=r.choice(m["technology"], p + ("technology",), TECHNOLOGIES),
+            role=r.choice(m["role"], p + ("role",), ROLES),
+            node=node_ref(m["node"], p + ("node",)),
+            pairs_with=m.get("pairs_with"),
+            profile=m.get("profile"),
+        )
+    for i, mo in enumerate(raw_modules):
+        spec = modules[mo["name"]]
+        if spec.pairs_with is None:
+            continue
+        p = ("modules", i, "pairs_with")
+        peer = modules.get(spec.pairs_with)
+        if peer is None:
+            raise r.fail(p, f"no module named {spec.pairs_with!r}")
+        if peer.technology != spec.technology:
+            raise r.fail(p, f"{peer.name} is {peer.technology}, {spec.name} is {spec.technology}")
+        if peer.role == spec.role:
+            raise r.fail(p, f"{peer.name} and {spec.name} are both {spec.role}s")
+        if peer.node == spec.node:
+            raise r.fail(p, f"{peer.name} and {spec.name} are on the same node")
+
+    saes: dict[str, SaeSpec] = {}
+    for i, s in enumerate(r.seq(top.get("saes"), ("saes",))):
+        p = ("saes", i)
+        m = r.mapping(s, p, {"id", "node", "description"}, {"id", "node"})
+        sid = r.string(m["id"], p + ("id",))
+        if sid in saes:
+            raise r.fail(p + ("id",), f"duplicate SAE id {sid!r}")
+        saes[sid] = SaeSpec(sid, node_ref(m["node"], p + ("node",)))
+
+    extra = {k: top[k] for k in ("switches", "routes", "services", "use_cases") if k in top}
+    return Topology(
+        name=str(top.get("name") or Path(str(source)).stem), source=Path(source) if isinstance(source, Path) else None,
+        nodes=nodes, fibres=fibres, modules=modules, saes=saes, extra=extra,
+    )

@@ -1,0 +1,569 @@
+"""The node's key store: QKD key material per key association, in one SQLite file (WAL, FULL sync).
+
+Data model
+----------
+* A key **association** (`Association`) is one key stream shared with one remote node (`kind` 'link'
+  for a direct QKD link, 'relay' for keys relayed hop by hop). Both nodes ingest the same stream, keys
+  carry the same UUID key IDs and the same `seq` (order of arrival) at both ends.
+* Keys are stored in **blocks**: runs of consecutive `seq` (at most `block_keys` keys) holding the packed
+  16-byte key IDs and the concatenated key material. Ingest writes a few large rows instead of one row
+  per key (about 10x faster); every key stays addressable by its ID (`mirror.AssocMirror.locate`).
+* The **delivery ledger** (table `delivery`) has one row per handed-out key: key ID, seq, the SAE pair it
+  went to, when. A key is 'available' until it has a ledger row, then 'delivered' for good.
+
+Rules
+-----
+* Parity split, so that the two ends never hand the same key to different masters without talking:
+  local masters (enc_keys at this node) only get keys with ``seq % 2 == master_parity``, in seq order;
+  the two ends of an association are configured with opposite parities. dec_keys at this node may only
+  fetch keys of the other parity, by key ID (the peer's master picked them). Own-parity keys below the
+  durable `master_cursor` are all delivered, so masters never search.
+* Fixed key size per association (default 256 bits): enc_keys must ask for exactly that size. Cutting
+  or concatenating stored keys would need the peer to learn which keys were combined, which 014 cannot
+  express, so other sizes are refused ("size must be N").
+* Handing out a key overwrites its bytes with zeros (incremental BLOB write) and inserts its ledger row
+  in the same transaction; the reply is only returned after that transaction has committed.
+* One transaction per request, or one per group of requests (`deliver_batch`, group commit): a request
+  that fails validation touches nothing; an SQLite failure rolls the whole group back.
+* Capacity: at most `max_key_count` available keys per association; ingest stores what fits and drops
+  (and counts) the rest.
+
+Threading: all methods are synchronous and short; one lock serialises them, so they may be called from
+any thread. Async servers use `qkdnode.keystore.committer.GroupCommitter`, which runs batches in one
+dedicated thread so that the event loop never waits for fsync. A file lock keeps other processes out.
+The class keeps an in-memory mirror of the block index and counters (no key material), rebuilt from
+the database at open and after any failed commit; published `Stats` only ever reflect committed state.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from itertools import islice
+from operator import lt
+from pathlib import Path
+
+from .errors import (
+    AssociationConflict,
+    BadRequest,
+    IngestError,
+    InsufficientKeys,
+    KeySizeNotSupported,
+    KeysNotAvailable,
+    KeyStoreError,
+    RequestLimitExceeded,
+    StorageError,
+    UnknownAssociation,
+)
+from .mirror import AssocMirror, Block, Plan
+from .types import (
+    UUIDS_RE,
+    Association,
+    AssociationKind,
+    Delivery,
+    DeliveryRequest,
+    KeyRecord,
+    KeyState,
+    MasterRequest,
+    SlaveRequest,
+    Stats,
+    key_id_str,
+    parse_key_id,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS association(
+    assoc_id TEXT PRIMARY KEY,
+    local_node_id TEXT NOT NULL,
+    remote_node_id TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('link', 'relay')),
+    master_parity INTEGER NOT NULL CHECK (master_parity IN (0, 1)),
+    key_size_bits INTEGER NOT NULL CHECK (key_size_bits > 0 AND key_size_bits % 8 = 0),
+    max_key_count INTEGER NOT NULL CHECK (max_key_count >= 0),
+    max_keys_per_request INTEGER NOT NULL CHECK (max_keys_per_request > 0),
+    created REAL NOT NULL,
+    master_cursor INTEGER NOT NULL DEFAULT 0,  -- own-parity keys with seq < cursor are delivered
+    last_seq INTEGER NOT NULL DEFAULT -1,      -- highest seq ever offered to ingest
+    dropped INTEGER NOT NULL DEFAULT 0         -- keys refused because the store was full
+);
+CREATE TABLE IF NOT EXISTS block(
+    bid INTEGER PRIMARY KEY,
+    assoc_id TEXT NOT NULL REFERENCES association(assoc_id),
+    first_seq INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    created REAL NOT NULL,
+    key_ids BLOB NOT NULL,   -- n x 16-byte UUIDs
+    material BLOB NOT NULL   -- n x key size; zeros where delivered
+);
+CREATE UNIQUE INDEX IF NOT EXISTS block_by_seq ON block(assoc_id, first_seq);
+CREATE TABLE IF NOT EXISTS delivery(
+    assoc_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    master_sae TEXT NOT NULL,
+    slave_sae TEXT NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (assoc_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+class KeyStore:
+    """SQLite-backed key store of one node; see the module docstring for the rules."""
+
+    FILE_NAME = "keystore.sqlite3"
+
+    def __init__(self, state_dir: Path | str, *, block_keys: int = 1024) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.state_dir / self.FILE_NAME
+        self.block_keys = block_keys
+        self._lock = threading.Lock()
+        self._lockfile = os.open(self.state_dir / (self.FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lockfile)
+            raise StorageError(f"key store {self.path} is in use by another process") from None
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False
+        )
+        conn = self._conn
+        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+            raise StorageError("SQLite refused WAL mode")
+        for pragma in ("synchronous=FULL", "secure_delete=ON", "cache_size=-32768",
+                       "journal_size_limit=67108864", "foreign_keys=ON"):
+            conn.execute(f"PRAGMA {pragma}")
+        conn.executescript(_SCHEMA)
+        self._assocs: dict[str, AssocMirror] = {}
+        self._stats: dict[str, Stats] = {}
+        self._load()
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+                self._conn = None
+                os.close(self._lockfile)
+
+    def __enter__(self) -> KeyStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageError("key store is closed")
+        return self._conn
+
+    def _load(self) -> None:
+        """(Re)build the in-memory mirror from the committed database."""
+        conn = self._db()
+        self._assocs = {}
+        for row in conn.execute(
+            "SELECT assoc_id, local_node_id, remote_node_id, kind, master_parity, key_size_bits,"
+            " max_key_count, max_keys_per_request, master_cursor, last_seq, dropped FROM association"
+        ):
+            info = Association(*row[:8])
+            self._assocs[info.assoc_id] = AssocMirror(info, row[8], row[9], row[10])
+        blocks: dict[str, list[Block]] = {aid: [] for aid in self._assocs}
+        for aid, bid, first, n, ids in conn.execute(
+            "SELECT assoc_id, bid, first_seq, n, key_ids FROM block ORDER BY assoc_id, first_seq"
+        ):
+            blocks[aid].append(Block(bid, first, n, ids))
+        for aid, count in conn.execute("SELECT assoc_id, count(*) FROM delivery GROUP BY assoc_id"):
+            self._assocs[aid].delivered = count
+        for aid, a in self._assocs.items():
+            bl = blocks[aid]
+            a.starts = [b.first_seq for b in bl]
+            a.blocks = bl
+            if bl:
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM delivery WHERE assoc_id = ? AND seq >= ?", (aid, bl[0].first_seq)
+                ):
+                    found = a.block_of(seq)
+                    if found is not None:
+                        found[0].taken[found[1]] = 1
+            a.blocks, a.starts = [], []
+            for b in bl:
+                b.n_taken = sum(b.taken)
+                a.append(b)
+        self._stats = {aid: self._make_stats(a) for aid, a in self._assocs.items()}
+
+    # -- associations ------------------------------------------------------------------------
+
+    def add_association(
+        self,
+        assoc_id: str,
+        local_node_id: str,
+        remote_node_id: str,
+        *,
+        master_parity: int,
+        kind: AssociationKind = "link",
+        key_size_bits: int = 256,
+        max_key_count: int = 100_000,
+        max_keys_per_request: int = 128,
+    ) -> Association:
+        """Create an association (idempotent when it exists with the same parameters)."""
+        info = Association(assoc_id, local_node_id, remote_node_id, kind, master_parity,
+                           key_size_bits, max_key_count, max_keys_per_request)
+        if kind not in ("link", "relay") or master_parity not in (0, 1):
+            raise BadRequest("kind must be 'link' or 'relay' and master_parity 0 or 1")
+        if key_size_bits <= 0 or key_size_bits % 8 or max_key_count < 0 or max_keys_per_request < 1:
+            raise BadRequest("key_size_bits must be a positive multiple of 8, limits positive")
+        with self._lock:
+            existing = self._assocs.get(assoc_id)
+            if existing is not None:
+                if existing.info != info:
+                    raise AssociationConflict(f"association {assoc_id!r} exists with other parameters")
+                return existing.info
+            self._db().execute(
+                "INSERT INTO association(assoc_id, local_node_id, remote_node_id, kind, master_parity,"
+                " key_size_bits, max_key_count, max_keys_per_request, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (assoc_id, local_node_id, remote_node_id, kind, master_parity, key_size_bits,
+                 max_key_count, max_keys_per_request, time.time()),
+            )
+            a = AssocMirror(info, 0, -1, 0)
+            self._assocs[assoc_id] = a
+            self._stats[assoc_id] = self._make_stats(a)
+            return info
+
+    def set_limits(self, assoc_id: str, *, max_key_count: int | None = None,
+                   max_keys_per_request: int | None = None) -> Association:
+        """Change the capacity or the per-request limit of an association."""
+        with self._lock:
+            a = self._assoc(assoc_id)
+            mkc = a.info.max_key_count if max_key_count is None else max_key_count
+            mkr = a.info.max_keys_per_request if max_keys_per_request is None else max_keys_per_request
+            if mkc < 0 or mkr < 1:
+                raise BadRequest("limits must be positive")
+            self._db().execute(
+                "UPDATE association SET max_key_count = ?, max_keys_per_request = ? WHERE assoc_id = ?",
+                (mkc, mkr, assoc_id),
+            )
+            i = a.info
+            a.info = Association(i.assoc_id, i.local_node_id, i.remote_node_id, i.kind,
+                                 i.master_parity, i.key_size_bits, mkc, mkr)
+            self._stats[assoc_id] = self._make_stats(a)
+            return a.info
+
+    def associations(self) -> list[Association]:
+        with self._lock:
+            return [a.info for a in self._assocs.values()]
+
+    def association(self, assoc_id: str) -> Association:
+        with self._lock:
+            return self._assoc(assoc_id).info
+
+    def _assoc(self, assoc_id: str) -> AssocMirror:
+        a = self._assocs.get(assoc_id)
+        if a is None:
+            raise UnknownAssociation(assoc_id)
+        return a
+
+    # -- counters ----------------------------------------------------------------------------
+
+    def stats(self, assoc_id: str) -> Stats:
+        """Committed counters; lock-free (reads an immutable snapshot), safe from an event loop."""
+        s = self._stats.get(assoc_id)
+        if s is None:
+            raise UnknownAssociation(assoc_id)
+        return s
+
+    def _make_stats(self, a: AssocMirror) -> Stats:
+        total = a.avail_own + a.avail_other
+        return Stats(a.info.assoc_id, a.avail_own, a.avail_other, total, a.delivered,
+                     total * a.info.key_size_bits, a.info.max_key_count, a.info.key_size_bits,
+                     a.info.max_keys_per_request, a.dropped, a.last_seq)
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def ingest(self, assoc_id: str, keys: Iterable[tuple[str, int, bytes]]) -> int:
+        """Store keys (key_id, seq, bytes) of the association's stream; returns how many were stored.
+
+        seq must increase strictly, also across calls; sizes must match the association's key size.
+        A violation refuses the whole call. Keys beyond the capacity are dropped and counted. The
+        stored keys are durable when this returns.
+        """
+        ids: list[str] = []
+        seqs: list[int] = []
+        mats: list[bytes] = []
+        try:
+            for kid, seq, mat in keys:
+                ids.append(kid)
+                seqs.append(seq)
+                mats.append(mat)
+        except (TypeError, ValueError) as e:
+            raise IngestError("keys must be (key_id, seq, bytes) tuples") from e
+        with self._lock:
+            a = self._assoc(assoc_id)
+            self._check_ingest(a, ids, seqs, mats)
+            if not ids:
+                return 0
+            room = max(a.info.max_key_count - a.avail_own - a.avail_other, 0)
+            n_store = min(room, len(ids))
+            dropped = len(ids) - n_store
+            packed = bytes.fromhex("".join(ids[:n_store]).replace("-", ""))
+            material = b"".join(mats[:n_store])
+            runs = self._runs(seqs[:n_store])
+            kb = a.info.key_size_bits // 8
+            conn = self._db()
+            now = time.time()
+            purge = [b for b in a.blocks if b.n_taken == b.n]
+            new_blocks: list[Block] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if purge:
+                    conn.executemany("DELETE FROM block WHERE bid = ?", [(b.bid,) for b in purge])
+                for start, n in runs:
+                    cur = conn.execute(
+                        "INSERT INTO block(assoc_id, first_seq, n, created, key_ids, material)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (assoc_id, seqs[start], n, now, packed[start * 16:(start + n) * 16],
+                         material[start * kb:(start + n) * kb]),
+                    )
+                    assert cur.lastrowid is not None
+                    new_blocks.append(Block(cur.lastrowid, seqs[start], n, packed[start * 16:(start + n) * 16]))
+                conn.execute(
+                    "UPDATE association SET last_seq = ?, dropped = dropped + ? WHERE assoc_id = ?",
+                    (seqs[-1], dropped, assoc_id),
+                )
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback_and_reload()
+                raise StorageError(f"ingest failed: {e}") from e
+            if purge:
+                a.remove(purge)
+            for b in new_blocks:
+                a.append(b)
+            a.last_seq = seqs[-1]
+            a.dropped += dropped
+            self._stats[assoc_id] = self._make_stats(a)
+            return n_store
+
+    @staticmethod
+    def _check_ingest(a: AssocMirror, ids: list[str], seqs: list[int], mats: list[bytes]) -> None:
+        if not ids:
+            return
+        kb = a.info.key_size_bits // 8
+        if set(map(type, mats)) != {bytes} or set(map(len, mats)) != {kb}:
+            raise IngestError(f"every key must be {kb} bytes")
+        if set(map(type, ids)) != {str} or set(map(len, ids)) != {36} or not UUIDS_RE.fullmatch("".join(ids)):
+            raise IngestError("every key_id must be a UUID (8-4-4-4-12 hex)")
+        if set(map(type, seqs)) != {int}:
+            raise IngestError("seq must be int")
+        if seqs[0] <= a.last_seq or not all(map(lt, seqs, islice(seqs, 1, None))):
+            raise IngestError(f"seq must increase strictly (after {a.last_seq})")
+
+    def _runs(self, seqs: list[int]) -> list[tuple[int, int]]:
+        """Split positions into (start, length) runs of consecutive seq, at most block_keys long."""
+        if not seqs:
+            return []
+        out: list[tuple[int, int]] = []
+        if seqs[-1] - seqs[0] == len(seqs) - 1:
+            bounds = [0, len(seqs)]
+        else:
+            bounds = [0] + [i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1] + [len(seqs)]
+        for lo, hi in zip(bounds, bounds[1:]):
+            for s in range(lo, hi, self.block_keys):
+                out.append((s, min(self.block_keys, hi - s)))
+        return out
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def take_for_master(self, assoc_id: str, master_sae: str, slave_sae: str,
+                        number: int, size_bits: int) -> Delivery:
+        """enc_keys: hand out `number` keys of this node's parity, oldest first."""
+        return self._one(MasterRequest(assoc_id, master_sae, slave_sae, number, size_bits))
+
+    def take_by_ids(self, assoc_id: str, key_ids: Sequence[str], master_sae: str,
+                    slave_sae: str) -> Delivery:
+        """dec_keys: hand out the keys with these IDs; all or nothing."""
+        return self._one(SlaveRequest(assoc_id, tuple(key_ids), master_sae, slave_sae))
+
+    def _one(self, req: DeliveryRequest) -> Delivery:
+        out = self.deliver_batch([req])[0]
+        if isinstance(out, KeyStoreError):
+            raise out
+        return out
+
+    def deliver_batch(self, requests: Sequence[DeliveryRequest]) -> list[Delivery | KeyStoreError]:
+        """Serve requests in order in ONE transaction (group commit), results in request order.
+
+        A request that fails validation gets its error and touches nothing; the others are
+        delivered, and all of them are committed (durable) before this returns. If the commit
+        itself fails, every request of the group gets a StorageError and nothing is consumed.
+        """
+        results: list[Delivery | KeyStoreError] = []
+        with self._lock:
+            conn = self._db()
+            touched: set[str] = set()
+            began = False
+            try:
+                for req in requests:
+                    try:
+                        a = self._assoc(req.assoc_id)
+                        if isinstance(req, MasterRequest):
+                            plan = self._plan_master(a, req)
+                        else:
+                            plan = self._plan_slave(a, req)
+                    except KeyStoreError as e:
+                        results.append(e)
+                        continue
+                    if not began:
+                        conn.execute("BEGIN IMMEDIATE")
+                        began = True
+                    results.append(self._apply(conn, a, plan, req))
+                    touched.add(req.assoc_id)
+                if began:
+                    conn.execute("COMMIT")
+            except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
+                self._rollback_and_reload()
+                msg = f"key store transaction failed ({type(e).__name__}); nothing was delivered"
+                return [StorageError(msg) for _ in requests]
+            for aid in touched:
+                self._stats[aid] = self._make_stats(self._assocs[aid])
+        return results
+
+    def _plan_master(self, a: AssocMirror, req: MasterRequest) -> Plan:
+        info = a.info
+        if req.size_bits != info.key_size_bits:
+            raise KeySizeNotSupported(req.size_bits, info.key_size_bits)
+        need = req.number
+        if not 1 <= need <= info.max_keys_per_request:
+            raise RequestLimitExceeded(need, info.max_keys_per_request)
+        if a.avail_own < need:
+            raise InsufficientKeys(need, a.avail_own)
+        plan: list[tuple[Block, list[int]]] = []
+        bi = max(bisect_right(a.starts, a.cursor) - 1, 0)
+        while need:
+            b = a.blocks[bi]  # IndexError here means a broken invariant: the group is rolled back
+            bi += 1
+            s = max(a.cursor - b.first_seq, 0)
+            if (b.first_seq + s) & 1 != info.master_parity:
+                s += 1
+            taken = b.taken  # below the cursor all own keys are taken; above it none should be
+            slots = list(islice((x for x in range(s, b.n, 2) if not taken[x]), need))
+            if slots:
+                plan.append((b, slots))
+                need -= len(slots)
+        return Plan(plan)
+
+    def _plan_slave(self, a: AssocMirror, req: SlaveRequest) -> Plan:
+        ids = req.key_ids
+        if not 1 <= len(ids) <= a.info.max_keys_per_request:
+            raise RequestLimitExceeded(len(ids), a.info.max_keys_per_request)
+        bad = [k for k in ids if parse_key_id(k) is None]
+        if bad:
+            raise BadRequest("key_ID must be a UUID", [{"key_ID": k} for k in bad])
+        packed = [bytes.fromhex(k.replace("-", "")) for k in ids]
+        if len(set(packed)) != len(packed):
+            raise BadRequest("duplicate key_ID in request")
+        problems: list[tuple[str, str]] = []
+        per_block: dict[int, tuple[Block, list[int]]] = {}
+        order: list[tuple[Block, int]] = []
+        for text, key in zip(ids, packed):
+            found = a.locate(key)
+            if found is None:
+                problems.append((text, "unknown"))
+                continue
+            b, slot = found
+            if ((b.first_seq + slot) & 1) == a.info.master_parity:
+                problems.append((text, "reserved for masters at this KME"))
+            elif b.taken[slot]:
+                problems.append((text, "already delivered"))
+            else:
+                per_block.setdefault(b.bid, (b, []))[1].append(slot)
+                order.append((b, slot))
+        if problems:
+            raise KeysNotAvailable(problems)
+        return Plan(list(per_block.values()), order)
+
+    def _apply(self, conn: sqlite3.Connection, a: AssocMirror, plan: Plan, req: DeliveryRequest) -> Delivery:
+        """Read and zero the planned keys, write the ledger; then update the mirror."""
+        kb = a.info.key_size_bits // 8
+        zero = bytes(kb)
+        got: dict[tuple[int, int], bytes] = {}
+        for b, slots in plan.blocks:
+            with conn.blobopen("block", "material", b.bid) as blob:
+                if isinstance(req, MasterRequest):  # every other slot: one read, one write
+                    lo, hi = slots[0] * kb, (slots[-1] + 1) * kb
+                    buf = bytearray(blob[lo:hi])
+                    for s in slots:
+                        o = s * kb - lo
+                        got[b.bid, s] = bytes(buf[o:o + kb])
+                        buf[o:o + kb] = zero
+                    blob[lo:hi] = bytes(buf)
+                else:
+                    for s in slots:
+                        got[b.bid, s] = blob[s * kb:(s + 1) * kb]
+                        blob[s * kb:(s + 1) * kb] = zero
+        order = plan.order if plan.order is not None else [(b, s) for b, slots in plan.blocks for s in slots]
+        now = time.time()
+        aid = a.info.assoc_id
+        out: Delivery = []
+        ledger: list[tuple[str, int, str, str, str, float]] = []
+        for b, s in order:
+            kid = key_id_str(b.ids[s * 16:s * 16 + 16])
+            out.append((kid, got[b.bid, s]))
+            ledger.append((aid, b.first_seq + s, kid, req.master_sae, req.slave_sae, now))
+        conn.executemany("INSERT INTO delivery VALUES (?, ?, ?, ?, ?, ?)", ledger)
+        n = len(out)
+        if isinstance(req, MasterRequest):
+            b, slots = plan.blocks[-1]
+            cursor = b.first_seq + slots[-1] + 2
+            conn.execute("UPDATE association SET master_cursor = ? WHERE assoc_id = ?", (cursor, aid))
+            a.cursor = cursor
+            a.avail_own -= n
+        else:
+            a.avail_other -= n
+        for b, slots in plan.blocks:
+            for s in slots:
+                b.taken[s] = 1
+            b.n_taken += len(slots)
+        a.delivered += n
+        return out
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    def key_record(self, assoc_id: str, key_id: str) -> KeyRecord | None:
+        """Metadata of a stored key (None if unknown or purged after full consumption)."""
+        key = parse_key_id(key_id)
+        with self._lock:
+            a = self._assoc(assoc_id)
+            found = a.locate(key) if key is not None else None
+            if found is None:
+                return None
+            b, slot = found
+            conn = self._db()
+            (created,) = conn.execute("SELECT created FROM block WHERE bid = ?", (b.bid,)).fetchone()
+            row = conn.execute(
+                "SELECT master_sae, slave_sae, delivered_at FROM delivery WHERE assoc_id = ? AND seq = ?",
+                (assoc_id, b.first_seq + slot),
+            ).fetchone()
+            state: KeyState = "delivered" if row else "available"
+            master, slave, at = row if row else (None, None, None)
+            return KeyRecord(key_id_str(b.ids[slot * 16:slot * 16 + 16]), b.first_seq + slot,
+                             a.info.key_size_bits, created, state, master, slave, at)
+
+    def _rollback_and_reload(self) -> None:
+        conn = self._db()
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        self._load()
