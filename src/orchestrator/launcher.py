@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .topology import Topology
+from .topology import ModuleSpec, Topology
 
 NETCONF_USER = "admin"
 NETCONF_PASSWORD = "admin"
@@ -42,6 +42,15 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+LINK_NAMESPACE = uuid.UUID("6f1c6a34-5d0e-4c4e-9a8e-2f3b1d7c9e01")
+
+
+def link_id(a: ModuleSpec, b: ModuleSpec) -> str:
+    """The PHYS qkd_link (and key association) ID of a module pair: the same at both ends."""
+    first, second = sorted((a.name, b.name))
+    return str(uuid.uuid5(LINK_NAMESPACE, f"{first}|{second}"))
+
+
 @dataclass
 class NodeProcess:
     name: str
@@ -50,6 +59,9 @@ class NodeProcess:
     config_path: Path
     state_dir: Path
     netconf_port: int
+    etsi014_port: int = 0
+    cert: Path | None = None
+    key: Path | None = None
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -66,6 +78,8 @@ class Network:
 
     # -- preparation --------------------------------------------------------------------------
     def prepare(self) -> None:
+        from qkdnode.pki import CertificateAuthority  # the lab PKI is a library, not node internals
+
         (self.state_dir / "nodes").mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         if self.network_json.exists():
@@ -79,9 +93,59 @@ class Network:
             self.nodes[spec.name] = NodeProcess(
                 name=spec.name, node_id=node_id, domain=spec.domain, config_path=cfg_path,
                 state_dir=self.state_dir / "nodes" / spec.name, netconf_port=free_port(self.host),
+                etsi014_port=free_port(self.host),
             )
+        self.ca = CertificateAuthority(self.state_dir / "pki")
+        for np in self.nodes.values():
+            paths = self.ca.issue_server(np.name, self.state_dir / "pki")
+            np.cert, np.key = paths.cert, paths.key
+        self.saes: dict[str, dict[str, str]] = {}
+        for sae in self.topology.saes.values():
+            paths = self.ca.issue_client(sae.id, self.state_dir / "pki")
+            self.saes[sae.id] = {"node": sae.node, "cert": str(paths.cert), "key": str(paths.key),
+                                 "ca": str(self.ca.cert_path)}
+        self._plan_modules()
         for spec in self.topology.nodes.values():
             self._write_node_config(spec.name)
+
+    def _plan_modules(self) -> None:
+        """qkdi_id per module, ports of the photon-channel stubs and of each module's 014 source."""
+        self.module_plan: dict[str, dict[str, Any]] = {}
+        per_node: dict[str, int] = {}
+        for m in self.topology.modules.values():
+            per_node[m.node] = per_node.get(m.node, 0) + 1
+            self.module_plan[m.name] = {
+                "qkdi_id": per_node[m.node],
+                "keysource_port": free_port(self.host),
+                "channel_port": free_port(self.host) if m.role == "receiver" else None,
+            }
+
+    def _fibre_loss(self, a: str, b: str) -> float | None:
+        for f in self.topology.fibres.values():
+            if set(f.ends) == {a, b}:
+                return f.loss_db
+        return None
+
+    def _module_config(self, m: ModuleSpec) -> dict[str, Any]:
+        plan = self.module_plan[m.name]
+        out: dict[str, Any] = {
+            "name": m.name, "technology": m.technology, "role": m.role, "qkdi_id": plan["qkdi_id"],
+            "keysource": {"host": self.host, "port": plan["keysource_port"]},
+        }
+        if m.profile:
+            out["profile"] = m.profile
+        peer = self.topology.modules.get(m.pairs_with or "")
+        if peer is not None:
+            receiver = m if m.role == "receiver" else peer
+            out["pairs_with"] = peer.name
+            out["peer"] = {"node": peer.node, "node_id": self.nodes[peer.node].node_id,
+                           "qkdi_id": self.module_plan[peer.name]["qkdi_id"]}
+            out["channel"] = {"host": self.host, "port": self.module_plan[receiver.name]["channel_port"]}
+            loss = self._fibre_loss(m.node, peer.node)
+            if loss is not None:
+                out["loss_db"] = loss
+                out["qkdl_id"] = link_id(m, peer)
+        return out
 
     def _neighbours(self, name: str) -> list[dict[str, Any]]:
         out = []
@@ -109,13 +173,11 @@ class Network:
             },
             "neighbours": self._neighbours(name),
         }
-        mods = [m for m in self.topology.modules.values() if m.node == name]
-        if mods:
-            cfg["modules"] = [
-                {"name": m.name, "technology": m.technology, "role": m.role, "pairs_with": m.pairs_with,
-                 **({"profile": m.profile} if m.profile else {})}
-                for m in mods
-            ]
+        cfg["pki"] = {"ca": str(self.ca.cert_path), "cert": str(np.cert), "key": str(np.key)}
+        cfg["etsi014"] = {"host": self.host, "port": np.etsi014_port}
+        cfg["saes"] = [{"id": s.id, "node": s.node, "node_id": self.nodes[s.node].node_id}
+                       for s in self.topology.saes.values()]
+        cfg["modules"] = [self._module_config(m) for m in self.topology.modules.values() if m.node == name]
         np.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     # -- processes ------------------------------------------------------------------------------
@@ -161,9 +223,12 @@ class Network:
                     "config": str(np.config_path),
                     "netconf": {"host": self.host, "port": np.netconf_port,
                                 "username": NETCONF_USER, "password": NETCONF_PASSWORD},
+                    "etsi014": {"url": f"https://{self.host}:{np.etsi014_port}"},
                 }
                 for np in self.nodes.values()
             },
+            "saes": self.saes,
+            "ca": str(self.ca.cert_path),
         }
 
     def write_network_json(self) -> None:
