@@ -1,0 +1,337 @@
+"""The ETSI GS QKD 014 key server of one simulated QKD module (how Toshiba/IDQ devices export keys).
+
+In MadQCI the vendor devices handed their keys to the node's KMS over ETSI GS QKD 014; here each
+simulated module does the same, so the KMS side (`qkdnode.keystore.feeder.ModuleFeeder`) is a plain
+014 client that can be pointed at a real device. HTTPS with mutual TLS 1.3: the only client is the
+node's KMS, identified by the subject CN of its certificate (`kms_sae_id`); the "slave SAE" in the
+URL is the KMS at the other end of the pair (`peer_kms_id`). Anything else gets 401.
+
+Routes (GS 014 clause 5, no dec_keys: both ends serve the same keys in the same order):
+
+* ``GET  /api/v1/keys/{peer_kms_id}/status`` - GS status fields; ``stored_key_count`` counts every
+  buffered key (served-but-unacknowledged ones included, they are served again).
+* ``GET|POST /api/v1/keys/{peer_kms_id}/enc_keys`` - ``number`` (default 1), optional ``size`` (must be
+  the module's key size). Returns the next ``number`` keys in seq order, each
+  ``{"key_ID", "key" (Base64), "key_ID_extension": {"seq": n}}``. Fewer buffered than asked: 503
+  (standard behaviour; ask ``status`` first to size the request).
+* ``POST /api/v1/keys/{peer_kms_id}/ack`` - **our extension**. Body ``{"key_IDs": [{"key_ID": ...}]}``
+  after the KMS has stored the keys durably; reply ``{"acknowledged": n, "unknown": m}``. Served keys
+  stay in the module (and are served again, first) until acknowledged, so a KMS crash between
+  enc_keys and storage loses nothing. Unknown IDs (already acknowledged) are ignored, so a repeated
+  ACK is harmless; acknowledging a key that was never served is a 400. A KMS that does not know the
+  extension simply never acknowledges and keeps getting the same keys: it must use it.
+
+``status_extension`` adds ``served_unacknowledged`` and ``link_up``. `KeyBuffer` (here) is the
+module's export buffer that these routes read. Key bytes, headers and bodies are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ..keystore.errors import (
+    BadRequest,
+    InsufficientKeys,
+    KeySizeNotSupported,
+    KeyStoreError,
+    RequestLimitExceeded,
+    StorageError,
+    Unauthorized,
+)
+from ..pki import peer_common_name
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ACK_PATH", "BufferedKey", "ExportingDevice", "KeyBuffer", "ModuleKeySource", "NotServed", "PREFIX",
+]
+
+PREFIX = "/api/v1/keys"
+ACK_PATH = "ack"
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_ENC_FIELDS = frozenset({"number", "size", "additional_slave_SAE_IDs", "extension_mandatory",
+                         "extension_optional"})
+
+
+def _json(status: int, body: object) -> web.Response:
+    return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
+
+
+def _guarded(handler: _Handler) -> _Handler:
+    """KeyStoreErrors render as 014 errors; anything unexpected is a bare 503."""
+
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except KeyStoreError as err:
+            log.info("%s %s -> %d %s", request.method, request.path, err.http_status, err.message)
+            return _json(err.http_status, err.body())
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("%s %s failed", request.method, request.path)
+            internal = StorageError("internal error")
+            return _json(internal.http_status, internal.body())
+
+    return wrapper
+
+
+def _int(name: str, value: object, *, query: bool) -> int:
+    if query and isinstance(value, str):
+        if not (value.isascii() and value.isdigit() and len(value) <= 12):
+            raise BadRequest(f"{name} must be a positive integer", [{"parameter": name}])
+        return int(value)
+    if type(value) is not int:
+        raise BadRequest(f"{name} must be an integer", [{"parameter": name}])
+    return value
+
+
+async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise BadRequest("Content-Type must be application/json")
+    try:
+        body = json.loads(await request.read())
+    except web.HTTPRequestEntityTooLarge:
+        raise BadRequest("request body too large") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest("unknown parameter(s): " + ", ".join(unknown), [{"parameter": k} for k in unknown])
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class BufferedKey:
+    """One key waiting for export (its bytes never appear in repr or logs)."""
+
+    key_id: str  #: canonical UUID text
+    seq: int
+    key: bytes = field(repr=False)
+
+
+class NotServed(ValueError):
+    """ACK of keys that were never served."""
+
+    def __init__(self, key_ids: list[str]) -> None:
+        super().__init__(f"{len(key_ids)} key(s) not served yet")
+        self.key_ids = key_ids
+
+
+class KeyBuffer:
+    """A module's committed keys in seq order, bounded; served keys stay until acknowledged."""
+
+    def __init__(self, max_keys: int) -> None:
+        self.max_keys = max_keys
+        self._keys: OrderedDict[str, BufferedKey] = OrderedDict()
+        self._served: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def room(self) -> int:
+        return max(self.max_keys - len(self._keys), 0)
+
+    @property
+    def served_unacked(self) -> int:
+        return len(self._served)
+
+    def append(self, keys: Iterable[BufferedKey]) -> None:
+        for k in keys:
+            self._keys[k.key_id] = k
+
+    def peek(self, n: int | None = None) -> list[BufferedKey]:
+        """The first `n` (default: all) keys in seq order, without serving them."""
+        return list(islice(self._keys.values(), n))
+
+    def serve(self, n: int) -> list[BufferedKey]:
+        """The first `n` keys in seq order (fewer if fewer are buffered), marked served."""
+        out = self.peek(n)
+        self._served.update(k.key_id for k in out)
+        return out
+
+    def ack(self, key_ids: Sequence[str]) -> tuple[int, list[str]]:
+        """Drop served keys; returns (removed, unknown IDs). NotServed if any is not served yet.
+
+        Unknown IDs (already acknowledged, or dropped) are not an error, so a repeated ACK is safe.
+        """
+        unserved = [k for k in key_ids if k in self._keys and k not in self._served]
+        if unserved:
+            raise NotServed(unserved)
+        removed, unknown = 0, []
+        for k in key_ids:
+            if k in self._served:
+                self._served.discard(k)
+                del self._keys[k]
+                removed += 1
+            else:
+                unknown.append(k)
+        return removed, unknown
+
+    def clear(self) -> int:
+        """Drop everything (served or not); returns how many keys were dropped."""
+        n = len(self._keys)
+        self._keys.clear()
+        self._served.clear()
+        return n
+
+
+class ExportingDevice(Protocol):
+    """What the key server needs of a module (`qkdnode.devices.module.QKDModule` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def peer_name(self) -> str: ...
+    @property
+    def key_size_bits(self) -> int: ...
+    @property
+    def buffer(self) -> KeyBuffer: ...
+    @property
+    def link_up(self) -> bool: ...
+
+
+class ModuleKeySource:
+    """014 server of one module; `start()` returns the bound port."""
+
+    def __init__(self, module: ExportingDevice, ssl_ctx: ssl.SSLContext, *, kms_sae_id: str,
+                 peer_kms_id: str, host: str = "127.0.0.1", port: int = 0,
+                 max_key_per_request: int = 1024, max_body: int = 4 * 1024 * 1024) -> None:
+        if ssl_ctx.verify_mode != ssl.CERT_REQUIRED:
+            raise ValueError("the module's 014 server needs a TLS context requiring client certificates")
+        self.module = module
+        self.ssl_ctx = ssl_ctx
+        self.kms_sae_id = kms_sae_id
+        self.peer_kms_id = peer_kms_id
+        self.host = host
+        self.port = port
+        self.max_key_per_request = max_key_per_request
+        self.served = 0
+        self.acknowledged = 0
+        self.app = web.Application(client_max_size=max_body)
+        r = self.app.router
+        r.add_get(PREFIX + "/{slave}/status", _guarded(self.status))
+        r.add_get(PREFIX + "/{slave}/enc_keys", _guarded(self.enc_keys_get))
+        r.add_post(PREFIX + "/{slave}/enc_keys", _guarded(self.enc_keys_post))
+        r.add_post(PREFIX + "/{slave}/" + ACK_PATH, _guarded(self.ack))
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_ctx).start()
+        self.port = self._runner.addresses[0][1]
+        log.info("014 key source of QKD module %s on %s:%d", self.module.name, self.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- authorisation ---------------------------------------------------------------------------
+
+    def _authorise(self, request: web.Request) -> str:
+        transport = request.transport
+        cn = peer_common_name(transport.get_extra_info("peercert") if transport else None)
+        if cn != self.kms_sae_id:
+            raise Unauthorized(f"SAE {cn} may not use QKD module {self.module.name}")
+        slave = request.match_info["slave"]
+        if slave != self.peer_kms_id:
+            raise Unauthorized(f"QKD module {self.module.name} has no keys shared with SAE {slave}",
+                               [{"SAE_ID": slave}])
+        return cn
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        master = self._authorise(request)
+        m, size = self.module, self.module.key_size_bits
+        return _json(200, {
+            "source_KME_ID": m.name,
+            "target_KME_ID": m.peer_name,
+            "master_SAE_ID": master,
+            "slave_SAE_ID": self.peer_kms_id,
+            "key_size": size,
+            "stored_key_count": len(m.buffer),
+            "max_key_count": m.buffer.max_keys,
+            "max_key_per_request": self.max_key_per_request,
+            "max_key_size": size,
+            "min_key_size": size,
+            "max_SAE_ID_count": 0,
+            "status_extension": {"served_unacknowledged": m.buffer.served_unacked, "link_up": m.link_up},
+        })
+
+    async def enc_keys_get(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        q = request.query
+        unknown = sorted(set(q) - {"number", "size"})
+        if unknown:
+            raise BadRequest("unknown or unsupported query parameter(s): " + ", ".join(unknown),
+                             [{"parameter": k} for k in unknown])
+        if any(len(q.getall(k)) > 1 for k in q):
+            raise BadRequest("number and size may be given once")
+        return self._enc_keys(q.get("number", "1"), q.get("size"), query=True)
+
+    async def enc_keys_post(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        body = await _body(request, _ENC_FIELDS)
+        if body.get("additional_slave_SAE_IDs"):
+            raise BadRequest("additional_slave_SAE_IDs is not supported (max_SAE_ID_count is 0)",
+                             [{"parameter": "additional_slave_SAE_IDs"}])
+        mandatory = body.get("extension_mandatory", [])
+        if not isinstance(mandatory, list) or mandatory:
+            raise BadRequest("no mandatory extension is supported", [{"parameter": "extension_mandatory"}])
+        return self._enc_keys(body.get("number", 1), body.get("size"), query=False)
+
+    def _enc_keys(self, number: object, size: object, *, query: bool) -> web.Response:
+        n = _int("number", number, query=query)
+        if not 1 <= n <= self.max_key_per_request:
+            raise RequestLimitExceeded(n, self.max_key_per_request)
+        own = self.module.key_size_bits
+        if size is not None and _int("size", size, query=query) != own:
+            raise KeySizeNotSupported(_int("size", size, query=query), own)
+        buf = self.module.buffer
+        if len(buf) < n:
+            raise InsufficientKeys(n, len(buf))
+        keys = buf.serve(n)
+        self.served += n
+        b64 = base64.b64encode
+        body = '{"keys":[' + ",".join(
+            f'{{"key_ID":"{k.key_id}","key_ID_extension":{{"seq":{k.seq}}},"key":"{b64(k.key).decode()}"}}'
+            for k in keys
+        ) + "]}"
+        return web.Response(body=body.encode(), content_type="application/json")
+
+    async def ack(self, request: web.Request) -> web.Response:
+        self._authorise(request)
+        body = await _body(request, frozenset({"key_IDs"}))
+        items = body.get("key_IDs")
+        if not isinstance(items, list) or not items:
+            raise BadRequest("key_IDs must be a non-empty array")
+        ids: list[str] = []
+        for item in items:
+            if not isinstance(item, dict) or set(item) - {"key_ID", "key_ID_extension"} \
+                    or not isinstance(item.get("key_ID"), str):
+                raise BadRequest('each key_IDs item must be {"key_ID": "<UUID>"}')
+            ids.append(item["key_ID"])
+        try:
+            removed, unknown = self.module.buffer.ack(ids)
+        except NotServed as e:
+            raise BadRequest("key_ID not served yet: " + ", ".join(e.key_ids),
+                             [{"key_ID": k, "reason": "not served"} for k in e.key_ids]) from None
+        self.acknowledged += removed
+        return _json(200, {"acknowledged": removed, "unknown": len(unknown)})
