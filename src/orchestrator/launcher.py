@@ -190,12 +190,15 @@ class Network:
             )
             log.close()
             asyncio.get_running_loop().create_task(self._watch(np))
-        waiters = [asyncio.wait_for(np.ready.wait(), timeout) for np in self.nodes.values()]
-        try:
-            await asyncio.gather(*waiters)
-        except asyncio.TimeoutError:
-            late = [n.name for n in self.nodes.values() if not n.ready.is_set()]
-            raise RuntimeError(f"nodes not ready after {timeout:.0f} s: {', '.join(late)} (see {self.state_dir / 'logs'})") from None
+        deadline = time.monotonic() + timeout
+        while not all(n.ready.is_set() for n in self.nodes.values()):
+            dead = [n.name for n in self.nodes.values() if n.proc is not None and n.proc.returncode is not None]
+            if dead:
+                raise RuntimeError(f"node(s) exited during start-up: {', '.join(dead)} (see {self.state_dir / 'logs'})")
+            if time.monotonic() > deadline:
+                late = [n.name for n in self.nodes.values() if not n.ready.is_set()]
+                raise RuntimeError(f"nodes not ready after {timeout:.0f} s: {', '.join(late)} (see {self.state_dir / 'logs'})")
+            await asyncio.sleep(0.05)
         self.write_network_json()
 
     async def _watch(self, np: NodeProcess) -> None:
@@ -206,6 +209,7 @@ class Network:
                 break
             if line.startswith(b"READY "):
                 np.ready.set()
+        await np.proc.wait()
 
     def failed(self) -> list[str]:
         """Nodes whose process has exited."""

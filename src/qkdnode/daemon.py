@@ -13,8 +13,9 @@ from pathlib import Path
 from .agent import SdnAgent
 from .config import NodeConfig
 from .datastore import Datastores
-from .netconf.namespaces import QKD_NODE_NS
+from .keyplane import KeyPlane
 from .netconf.server import NetconfServer
+from .qkd015 import node_config_xml
 from .schema import build_context
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,15 @@ class Node:
         self.node_id = self._node_id()
         self.ctx = build_context()
         self.datastores = Datastores(self.ctx, self.state_dir, self._initial_config)
-        self.agent = SdnAgent()
+        self.keyplane = KeyPlane(cfg.name, self.node_id, self.state_dir, cfg.extra)
+        self.agent = SdnAgent(self.keyplane)
+        self.agent.load(self.datastores.running)
         self.datastores.subsystems.append(self.agent)
         self.datastores.providers.append(self.agent.state)
         self.netconf = NetconfServer(
             self.datastores, cfg.netconf.users, self.state_dir / "ssh_host_ed25519_key", cfg.netconf.limits
         )
+        self.agent.publish = self.netconf.publish
         self.netconf_port = 0
 
     def _node_id(self) -> str:
@@ -60,26 +64,27 @@ class Node:
         return node_id
 
     def _initial_config(self) -> str:
-        location = self.cfg.location or self.cfg.name
-        return (
-            f'<qkd_node xmlns="{QKD_NODE_NS}"><qkdn_id>{self.node_id}</qkdn_id>'
-            f"<qkdn_version>{VERSION}</qkdn_version><qkdn_location_id>{location}</qkdn_location_id>"
-            "<qkdn_capabilities><link_stats_support>true</link_stats_support>"
-            "<application_stats_support>false</application_stats_support>"
-            "<key_relay_mode_enable>true</key_relay_mode_enable></qkdn_capabilities></qkd_node>"
+        """Running at first start: node identity, one qkd_interface per module, static PHYS links."""
+        return node_config_xml(
+            self.node_id, VERSION, self.cfg.location or self.cfg.name, self.cfg.extra.get("modules") or []
         )
 
     async def start(self) -> None:
+        await self.keyplane.start()
+        await self.agent.sync()
         self.netconf_port = await self.netconf.start(self.cfg.netconf.host, self.cfg.netconf.port)
-        write_json_atomic(
-            self.state_dir / "node.json",
-            {"name": self.cfg.name, "node_id": self.node_id, "pid": os.getpid(),
-             "netconf": {"host": self.cfg.netconf.host, "port": self.netconf_port}},
-        )
+        info: dict[str, object] = {
+            "name": self.cfg.name, "node_id": self.node_id, "pid": os.getpid(),
+            "netconf": {"host": self.cfg.netconf.host, "port": self.netconf_port},
+        }
+        if self.keyplane.etsi014 is not None:
+            info["etsi014"] = {"url": f"https://{self.cfg.extra['etsi014'].get('host', '127.0.0.1')}:{self.keyplane.etsi014_port}"}
+        write_json_atomic(self.state_dir / "node.json", info)
         log.info("node %s (%s) NETCONF on %s:%d", self.cfg.name, self.node_id, self.cfg.netconf.host, self.netconf_port)
 
     async def stop(self) -> None:
         await self.netconf.stop()
+        await self.keyplane.stop()
 
 
 async def run_node(cfg: NodeConfig) -> None:

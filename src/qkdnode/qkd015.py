@@ -13,6 +13,7 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from .devices.module import DEFAULT_PROFILES
 from .devices.profiles import profile_by_name
 from .netconf.namespaces import QKD_NODE_NS, QKD_TYPES_NS
 
@@ -21,7 +22,6 @@ _SPEED_OF_LIGHT = 299_792_458.0
 
 TECHNOLOGY_IDENTITY = {"dv-bb84": "DV-QKD", "dv-cow": "DV-QKD-COW", "cv-gg02": "CV-QKD"}
 ROLE_IDENTITY = {"transmitter": "TRANSMITTER", "receiver": "RECEIVER"}
-DEFAULT_PROFILE = {"dv-bb84": "TOSHIBA_BB84", "dv-cow": "IDQ_COW", "cv-gg02": "HWDU_CV"}
 
 _LINK_IN_PATH = re.compile(r"qkd_link\[qkdl_id='([0-9a-fA-F-]{36})'\]")
 
@@ -35,7 +35,7 @@ def itu_channel(wavelength_nm: float) -> int | None:
 
 
 def module_profile(mod: dict[str, Any]) -> Any:
-    return profile_by_name(str(mod.get("profile") or DEFAULT_PROFILE[mod["technology"]]))
+    return profile_by_name(str(mod.get("profile") or DEFAULT_PROFILES[mod["technology"]]))
 
 
 def interface_xml(mod: dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ class AssocMirror:
 
     def __init__(self, info: Association, cursor: int, last_seq: int, dropped: int) -> None:
         self.info = info
-        self.cursor = cursor          # own-parity keys with seq < cursor are delivered
+        self.cursor = cursor          # own-parity keys with seq < cursor are all delivered
         self.last_seq = last_seq
         self.dropped = dropped
         self.blocks: list[Block] = []

@@ -16,8 +16,9 @@ Rules
 * Parity split, so that the two ends never hand the same key to different masters without talking:
   local masters (enc_keys at this node) only get keys with ``seq % 2 == master_parity``, in seq order;
   the two ends of an association are configured with opposite parities. dec_keys at this node may only
-  fetch keys of the other parity, by key ID (the peer's master picked them). Own-parity keys below the
-  durable `master_cursor` are all delivered, so masters never search.
+  fetch keys of the other parity, by key ID (the peer's master picked them). Masters take their keys
+  in seq order, so the cursor of the next one is the last own-parity seq in the ledger plus 2; it is
+  derived at open and kept in memory, and a delivery writes nothing but the ledger and the zeros.
 * Fixed key size per association (default 256 bits): enc_keys must ask for exactly that size. Cutting
   or concatenating stored keys would need the peer to learn which keys were combined, which 014 cannot
   express, so other sizes are refused ("size must be N").
@@ -38,6 +39,7 @@ the database at open and after any failed commit; published `Stats` only ever re
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -60,6 +62,7 @@ from .errors import (
     StorageError,
     UnknownAssociation,
 )
+from .batch import BatchWriter, OpenBatch
 from .mirror import AssocMirror, Block, Plan
 from .types import (
     UUIDS_RE,
@@ -75,6 +78,7 @@ from .types import (
     key_id_str,
     parse_key_id,
 )
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS association(
@@ -87,7 +91,6 @@ CREATE TABLE IF NOT EXISTS association(
     max_key_count INTEGER NOT NULL CHECK (max_key_count >= 0),
     max_keys_per_request INTEGER NOT NULL CHECK (max_keys_per_request > 0),
     created REAL NOT NULL,
-    master_cursor INTEGER NOT NULL DEFAULT 0,  -- own-parity keys with seq < cursor are delivered
     last_seq INTEGER NOT NULL DEFAULT -1,      -- highest seq ever offered to ingest
     dropped INTEGER NOT NULL DEFAULT 0         -- keys refused because the store was full
 );
@@ -118,7 +121,8 @@ class KeyStore:
 
     FILE_NAME = "keystore.sqlite3"
 
-    def __init__(self, state_dir: Path | str, *, block_keys: int = 1024) -> None:
+    def __init__(self, state_dir: Path | str, *, block_keys: int = 1024,
+                 checkpoint_interval: float = 0.5) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.state_dir / self.FILE_NAME
@@ -136,17 +140,53 @@ class KeyStore:
         conn = self._conn
         if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
             raise StorageError("SQLite refused WAL mode")
+        # Checkpoints run in a thread of their own (`_checkpoint_loop`), never in a commit.
         for pragma in ("synchronous=FULL", "secure_delete=ON", "cache_size=-32768",
-                       "journal_size_limit=67108864", "foreign_keys=ON"):
+                       "journal_size_limit=67108864", "foreign_keys=ON", "wal_autocheckpoint=0"):
             conn.execute(f"PRAGMA {pragma}")
         conn.executescript(_SCHEMA)
         self._assocs: dict[str, AssocMirror] = {}
         self._stats: dict[str, Stats] = {}
         self._load()
+        self._writes = 0  # committed write transactions, for the checkpointer
+        self._stop = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(checkpoint_interval,),
+                                              name="keystore-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self, interval: float) -> None:
+        """Checkpoint the WAL every `interval` s (if anything was written) from a connection of
+        our own, under the store lock.
+
+        Holding the lock means no write transaction is open, so the checkpoint completes and the
+        next transaction restarts the WAL from its beginning: the WAL stays small and commits
+        overwrite preallocated frames (fdatasync of an overwrite is 2-3x cheaper than of an append).
+        The commit path never runs a checkpoint itself (wal_autocheckpoint=0).
+        """
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            done = 0
+            while not self._stop.wait(interval):
+                with self._lock:
+                    if self._conn is None:
+                        return
+                    if self._writes == done:
+                        continue
+                    done = self._writes
+                    try:
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error:
+                        log.warning("WAL checkpoint of %s failed", self.path, exc_info=True)
+        finally:
+            conn.close()
 
     # -- life cycle --------------------------------------------------------------------------
 
     def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer.is_alive():
+            self._checkpointer.join()
         with self._lock:
             if self._conn is None:
                 return
@@ -174,10 +214,15 @@ class KeyStore:
         self._assocs = {}
         for row in conn.execute(
             "SELECT assoc_id, local_node_id, remote_node_id, kind, master_parity, key_size_bits,"
-            " max_key_count, max_keys_per_request, master_cursor, last_seq, dropped FROM association"
+            " max_key_count, max_keys_per_request, last_seq, dropped FROM association"
         ):
             info = Association(*row[:8])
-            self._assocs[info.assoc_id] = AssocMirror(info, row[8], row[9], row[10])
+            last = conn.execute(  # the PRIMARY KEY (assoc_id, seq) index, read backwards
+                "SELECT seq FROM delivery WHERE assoc_id = ? AND (seq & 1) = ? ORDER BY seq DESC LIMIT 1",
+                (info.assoc_id, info.master_parity),
+            ).fetchone()
+            cursor = last[0] + 2 if last else 0
+            self._assocs[info.assoc_id] = AssocMirror(info, cursor, row[8], row[9])
         blocks: dict[str, list[Block]] = {aid: [] for aid in self._assocs}
         for aid, bid, first, n, ids in conn.execute(
             "SELECT assoc_id, bid, first_seq, n, key_ids FROM block ORDER BY assoc_id, first_seq"
@@ -345,6 +390,7 @@ class KeyStore:
             except sqlite3.Error as e:
                 self._rollback_and_reload()
                 raise StorageError(f"ingest failed: {e}") from e
+            self._writes += 1
             if purge:
                 a.remove(purge)
             for b in new_blocks:
@@ -407,36 +453,59 @@ class KeyStore:
         delivered, and all of them are committed (durable) before this returns. If the commit
         itself fails, every request of the group gets a StorageError and nothing is consumed.
         """
-        results: list[Delivery | KeyStoreError] = []
-        with self._lock:
+        batch = self.begin_batch(requests)
+        assert batch is not None
+        return self.finish_batch(batch)
+
+    def begin_batch(self, requests: Sequence[DeliveryRequest], *,
+                    blocking: bool = True) -> OpenBatch | None:
+        """Phase 1 of `deliver_batch`: do all the work in an open transaction, without the fsync.
+
+        Takes the store lock and keeps it until `finish_batch`, which may run in another thread
+        (the event loop does phase 1, a commit thread does phase 2). With blocking=False, returns
+        None at once if the store is busy. Nothing is released to callers before phase 2.
+        """
+        if not self._lock.acquire(blocking):
+            return None
+        batch = OpenBatch(len(requests))
+        writer = BatchWriter(self._conn)
+        try:
             conn = self._db()
-            touched: set[str] = set()
-            began = False
-            try:
-                for req in requests:
-                    try:
-                        a = self._assoc(req.assoc_id)
-                        if isinstance(req, MasterRequest):
-                            plan = self._plan_master(a, req)
-                        else:
-                            plan = self._plan_slave(a, req)
-                    except KeyStoreError as e:
-                        results.append(e)
-                        continue
-                    if not began:
-                        conn.execute("BEGIN IMMEDIATE")
-                        began = True
-                    results.append(self._apply(conn, a, plan, req))
-                    touched.add(req.assoc_id)
-                if began:
-                    conn.execute("COMMIT")
-            except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
+            for req in requests:
+                try:
+                    a = self._assoc(req.assoc_id)
+                    plan = self._plan_master(a, req) if isinstance(req, MasterRequest) else self._plan_slave(a, req)
+                except KeyStoreError as e:
+                    batch.results.append(e)
+                    continue
+                if not batch.began:
+                    conn.execute("BEGIN IMMEDIATE")
+                    batch.began = True
+                batch.results.append(self._apply(writer, a, plan, req))
+                batch.touched.add(req.assoc_id)
+            writer.flush()
+        except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
+            batch.fail(e)
+            writer.discard()
+        return batch
+
+    def finish_batch(self, batch: OpenBatch) -> list[Delivery | KeyStoreError]:
+        """Phase 2 of `deliver_batch`: COMMIT (durable), publish the counters, release the lock."""
+        try:
+            if batch.error is None and batch.began:
+                try:
+                    self._db().execute("COMMIT")
+                    self._writes += 1
+                except Exception as e:
+                    batch.fail(e)
+            if batch.error is not None:
                 self._rollback_and_reload()
-                msg = f"key store transaction failed ({type(e).__name__}); nothing was delivered"
-                return [StorageError(msg) for _ in requests]
-            for aid in touched:
+                return [StorageError(batch.error) for _ in range(batch.size)]
+            for aid in batch.touched:
                 self._stats[aid] = self._make_stats(self._assocs[aid])
-        return results
+            return batch.results
+        finally:
+            self._lock.release()
 
     def _plan_master(self, a: AssocMirror, req: MasterRequest) -> Plan:
         info = a.info
@@ -492,41 +561,37 @@ class KeyStore:
             raise KeysNotAvailable(problems)
         return Plan(list(per_block.values()), order)
 
-    def _apply(self, conn: sqlite3.Connection, a: AssocMirror, plan: Plan, req: DeliveryRequest) -> Delivery:
-        """Read and zero the planned keys, write the ledger; then update the mirror."""
+    def _apply(self, w: BatchWriter, a: AssocMirror, plan: Plan, req: DeliveryRequest) -> Delivery:
+        """Read and zero the planned keys, queue their ledger rows; then update the mirror."""
         kb = a.info.key_size_bits // 8
         zero = bytes(kb)
         got: dict[tuple[int, int], bytes] = {}
         for b, slots in plan.blocks:
-            with conn.blobopen("block", "material", b.bid) as blob:
-                if isinstance(req, MasterRequest):  # every other slot: one read, one write
-                    lo, hi = slots[0] * kb, (slots[-1] + 1) * kb
-                    buf = bytearray(blob[lo:hi])
-                    for s in slots:
-                        o = s * kb - lo
-                        got[b.bid, s] = bytes(buf[o:o + kb])
-                        buf[o:o + kb] = zero
-                    blob[lo:hi] = bytes(buf)
-                else:
-                    for s in slots:
-                        got[b.bid, s] = blob[s * kb:(s + 1) * kb]
-                        blob[s * kb:(s + 1) * kb] = zero
+            blob = w.blob(b.bid)
+            if isinstance(req, MasterRequest):  # every other slot: one read, one write
+                lo, hi = slots[0] * kb, (slots[-1] + 1) * kb
+                buf = bytearray(blob[lo:hi])
+                for s in slots:
+                    o = s * kb - lo
+                    got[b.bid, s] = bytes(buf[o:o + kb])
+                    buf[o:o + kb] = zero
+                blob[lo:hi] = bytes(buf)
+            else:
+                for s in slots:
+                    got[b.bid, s] = blob[s * kb:(s + 1) * kb]
+                    blob[s * kb:(s + 1) * kb] = zero
         order = plan.order if plan.order is not None else [(b, s) for b, slots in plan.blocks for s in slots]
         now = time.time()
         aid = a.info.assoc_id
         out: Delivery = []
-        ledger: list[tuple[str, int, str, str, str, float]] = []
         for b, s in order:
             kid = key_id_str(b.ids[s * 16:s * 16 + 16])
             out.append((kid, got[b.bid, s]))
-            ledger.append((aid, b.first_seq + s, kid, req.master_sae, req.slave_sae, now))
-        conn.executemany("INSERT INTO delivery VALUES (?, ?, ?, ?, ?, ?)", ledger)
+            w.ledger.append((aid, b.first_seq + s, kid, req.master_sae, req.slave_sae, now))
         n = len(out)
         if isinstance(req, MasterRequest):
             b, slots = plan.blocks[-1]
-            cursor = b.first_seq + slots[-1] + 2
-            conn.execute("UPDATE association SET master_cursor = ? WHERE assoc_id = ?", (cursor, aid))
-            a.cursor = cursor
+            a.cursor = b.first_seq + slots[-1] + 2
             a.avail_own -= n
         else:
             a.avail_other -= n
