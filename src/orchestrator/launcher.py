@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .plant import plan_plant
 from .topology import ModuleSpec, Topology
 
 NETCONF_USER = "admin"
@@ -105,8 +106,22 @@ class Network:
             self.saes[sae.id] = {"node": sae.node, "cert": str(paths.cert), "key": str(paths.key),
                                  "ca": str(self.ca.cert_path)}
         self._plan_modules()
+        self._plan_fabric()
         for spec in self.topology.nodes.values():
             self._write_node_config(spec.name)
+
+    def _plan_fabric(self) -> None:
+        """The optical plant stub: where every module and fibre end sits (see plant.py)."""
+        info = {
+            name: {"node_id": self.nodes[self.topology.modules[name].node].node_id, "qkdi_id": plan["qkdi_id"],
+                   **({"channel": {"host": self.host, "port": plan["channel_port"]}} if plan["channel_port"] else {})}
+            for name, plan in self.module_plan.items()
+        }
+        self.plant = plan_plant(self.topology, info)
+        self.fabric_port = free_port(self.host)
+        self.fabric_url = f"http://{self.host}:{self.fabric_port}"
+        write_json_atomic(self.state_dir / "plant.json", self.plant.spec)
+        self.fabric_proc: asyncio.subprocess.Process | None = None
 
     def _plan_modules(self) -> None:
         """qkdi_id per module, ports of the photon-channel stubs and of each module's 014 source."""
@@ -178,10 +193,29 @@ class Network:
         cfg["saes"] = [{"id": s.id, "node": s.node, "node_id": self.nodes[s.node].node_id}
                        for s in self.topology.saes.values()]
         cfg["modules"] = [self._module_config(m) for m in self.topology.modules.values() if m.node == name]
+        cfg["fabric"] = {"url": self.fabric_url}
+        sw = self.topology.switch_of(name)
+        if sw is not None:
+            cfg["switch"] = {"name": sw.name, "insertion_loss_db": sw.insertion_loss_db, "ports": sw.ports,
+                             "port_plan": [p.to_json(sw.name) for p in self.plant.ports[sw.name]]}
         np.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
 
     # -- processes ------------------------------------------------------------------------------
+    async def _start_fabric(self) -> None:
+        log = open(self.state_dir / "logs" / "fabric.log", "ab")
+        self.fabric_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qkdnode.devices.fabric", "--plant", str(self.state_dir / "plant.json"),
+            "--host", self.host, "--port", str(self.fabric_port),
+            stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+        )
+        log.close()
+        assert self.fabric_proc.stdout is not None
+        line = await asyncio.wait_for(self.fabric_proc.stdout.readline(), 30)
+        if not line.startswith(b"READY"):
+            raise RuntimeError(f"the optical plant stub did not start (see {self.state_dir / 'logs' / 'fabric.log'})")
+
     async def start(self, timeout: float = 60.0) -> None:
+        await self._start_fabric()
         for np in self.nodes.values():
             log = open(self.state_dir / "logs" / f"{np.name}.log", "ab")
             np.proc = await asyncio.create_subprocess_exec(
@@ -233,6 +267,7 @@ class Network:
             },
             "saes": self.saes,
             "ca": str(self.ca.cert_path),
+            "fabric": {"url": self.fabric_url},
         }
 
     def write_network_json(self) -> None:
@@ -240,6 +275,8 @@ class Network:
 
     async def stop(self, grace: float = 8.0) -> None:
         procs = [np.proc for np in self.nodes.values() if np.proc is not None and np.proc.returncode is None]
+        if self.fabric_proc is not None and self.fabric_proc.returncode is None:
+            procs.append(self.fabric_proc)
         for p in procs:
             try:
                 p.send_signal(signal.SIGTERM)

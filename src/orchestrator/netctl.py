@@ -101,6 +101,27 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fibre(args: argparse.Namespace) -> int:
+    """Cut or restore a fibre of a running network (acts on the optical plant stub)."""
+    import urllib.error
+    import urllib.request
+
+    path = Path(args.state_dir) / "network.json"
+    if not path.exists():
+        print(f"qkdnet: no running network in {args.state_dir} ({path} is missing)", file=sys.stderr)
+        return 2
+    url = json.loads(path.read_text())["fabric"]["url"]
+    req = urllib.request.Request(f"{url}/fibres/{args.name}/{args.action}", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        print(f"qkdnet: {json.loads(exc.read()).get('message', exc)}", file=sys.stderr)
+        return 2
+    print(f"fibre {body['fibre']}: {'cut' if body['cut'] else 'restored'}")
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         topo = load_topology(args.topology)
@@ -124,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="show a running network")
     st.add_argument("--state-dir", default="state")
     st.set_defaults(func=_cmd_status)
+    fb = sub.add_parser("fibre", help="cut or restore a fibre of a running network")
+    fb.add_argument("action", choices=("cut", "restore"))
+    fb.add_argument("name", help="fibre name from the topology")
+    fb.add_argument("--state-dir", default="state")
+    fb.set_defaults(func=_cmd_fibre)
     ck = sub.add_parser("check", help="validate a topology file")
     ck.add_argument("topology")
     ck.set_defaults(func=_cmd_check)

@@ -49,6 +49,18 @@ class ModuleSpec:
     node: str
     pairs_with: str | None
     profile: str | None = None
+    port: int | None = None  # switch port, on a node with an optical switch
+    fibre: str | None = None  # attached straight to this fibre's end, on a node without a switch
+
+
+@dataclass(frozen=True)
+class SwitchSpec:
+    """An optical (fibre) switch at a node: modules and fibre ends sit on its ports."""
+
+    name: str
+    node: str
+    ports: int = 16
+    insertion_loss_db: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,11 @@ class Topology:
     fibres: dict[str, FibreSpec]
     modules: dict[str, ModuleSpec]
     saes: dict[str, SaeSpec] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)  # switches, routes, services (later work)
+    switches: dict[str, SwitchSpec] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # routes, services (later work)
+
+    def switch_of(self, node: str) -> SwitchSpec | None:
+        return next((sw for sw in self.switches.values() if sw.node == node), None)
 
     def domains(self) -> list[str]:
         out: list[str] = []
@@ -214,7 +230,8 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
     raw_modules = r.seq(top.get("modules"), ("modules",))
     for i, mo in enumerate(raw_modules):
         p = ("modules", i)
-        m = r.mapping(mo, p, {"name", "technology", "role", "node", "pairs_with", "profile", "port", "description"},
+        m = r.mapping(mo, p, {"name", "technology", "role", "node", "pairs_with", "profile", "port", "fibre",
+                              "description", "plausible"},
                       {"name", "technology", "role", "node"})
         name = r.string(m["name"], p + ("name",))
         if name in modules:
@@ -226,7 +243,15 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
             node=node_ref(m["node"], p + ("node",)),
             pairs_with=m.get("pairs_with"),
             profile=m.get("profile"),
+            port=int(r.number(m["port"], p + ("port",), minimum=1)) if "port" in m else None,
+            fibre=r.string(m["fibre"], p + ("fibre",)) if "fibre" in m else None,
         )
+        if modules[name].fibre is not None:
+            f = fibres.get(modules[name].fibre or "")
+            if f is None:
+                raise r.fail(p + ("fibre",), f"no fibre named {modules[name].fibre!r}")
+            if modules[name].node not in f.ends:
+                raise r.fail(p + ("fibre",), f"fibre {f.name} does not end at {modules[name].node}")
     for i, mo in enumerate(raw_modules):
         spec = modules[mo["name"]]
         if spec.pairs_with is None:
@@ -251,8 +276,33 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
             raise r.fail(p + ("id",), f"duplicate SAE id {sid!r}")
         saes[sid] = SaeSpec(sid, node_ref(m["node"], p + ("node",)))
 
-    extra = {k: top[k] for k in ("switches", "routes", "services", "use_cases") if k in top}
+    switches: dict[str, SwitchSpec] = {}
+    for i, sw in enumerate(r.seq(top.get("switches"), ("switches",))):
+        p = ("switches", i)
+        m = r.mapping(sw, p, {"name", "node", "ports", "insertion_loss_db", "description", "plausible"}, {"name", "node"})
+        name = r.string(m["name"], p + ("name",))
+        node = node_ref(m["node"], p + ("node",))
+        if name in switches or any(x.node == node for x in switches.values()):
+            raise r.fail(p, f"duplicate switch {name!r} (one switch per node)")
+        switches[name] = SwitchSpec(name, node, int(r.number(m.get("ports", 16), p + ("ports",), minimum=2)),
+                                    r.number(m.get("insertion_loss_db", 1.0), p + ("insertion_loss_db",)))
+    switched = {sw.node for sw in switches.values()}
+    for i, mo in enumerate(raw_modules):
+        spec = modules[mo["name"]]
+        p = ("modules", i)
+        if spec.node in switched and spec.fibre is not None:
+            raise r.fail(p + ("fibre",), f"{spec.node} has a switch: the module sits on a switch port, not on a fibre")
+        if spec.node not in switched and spec.port is not None:
+            raise r.fail(p + ("port",), f"{spec.node} has no switch")
+        if spec.node not in switched and spec.fibre is None and spec.pairs_with:
+            peer = modules[spec.pairs_with]
+            if peer.node in switched:
+                raise r.fail(p + ("pairs_with",), f"{peer.name} is on a switched node: attach {spec.name} to a fibre")
+            if not any(set(f.ends) == {spec.node, peer.node} for f in fibres.values()):
+                raise r.fail(p + ("pairs_with",), f"no fibre joins {spec.node} and {peer.node}")
+
+    extra = {k: top[k] for k in ("routes", "services", "use_cases") if k in top}
     return Topology(
         name=str(top.get("name") or Path(str(source)).stem), source=Path(source) if isinstance(source, Path) else None,
-        nodes=nodes, fibres=fibres, modules=modules, saes=saes, extra=extra,
+        nodes=nodes, fibres=fibres, modules=modules, saes=saes, switches=switches, extra=extra,
     )

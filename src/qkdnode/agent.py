@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 from .datastore import Change
 from .datatree import DataTree, print_nodes
 from .netconf.namespaces import QKD_NODE_NS, QKD_TYPES_NS
+from .lightpath import DARK_LOSS_DB
 from .qkd015 import LinkConfig, links_touched, parse_links
 
 if TYPE_CHECKING:
@@ -92,9 +93,12 @@ class SdnAgent:
         if st.up:
             self._link_perf(qkdl_id, st, force=True)
             return
+        reason = st.reason or "down"
+        if st.loss_db >= DARK_LOSS_DB:
+            reason = "no light path: fibre cut or no cross-connect"
         self.publish(
             f'<sdqkdn_link_down xmlns="{QKD_NODE_NS}"><qkd_link><qkdl_id>{qkdl_id}</qkdl_id>'
-            f"<reason>{escape(st.reason or 'down')}</reason></qkd_link></sdqkdn_link_down>"
+            f"<reason>{escape(reason)}</reason></qkd_link></sdqkdn_link_down>"
         )
 
     def _link_perf(self, qkdl_id: str, st: "ModuleStatus", force: bool = False) -> None:

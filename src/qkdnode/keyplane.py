@@ -18,6 +18,7 @@ from .devices.module import ModuleConfig, ModuleStatus, QKDModule
 from .keystore.etsi014 import Etsi014Server, NeighbourResolver, SaeDirectory, start_etsi014_server
 from .keystore.feeder import ModuleFeeder
 from .keystore.store import KeyStore
+from .lightpath import DARK_LOSS_DB, FabricClient, Light
 from .pki import CertPaths, client_context, server_context
 from .qkd015 import LinkConfig
 
@@ -32,6 +33,9 @@ class ModuleRuntime:
     module: QKDModule | None = None
     source: ModuleKeySource | None = None
     source_port: int = 0
+    peer: str | None = None  # the module the light reaches now
+    peer_node_id: str | None = None
+    peer_qkdi: int | None = None
 
     @property
     def qkdi_id(self) -> int:
@@ -43,6 +47,7 @@ class LinkRuntime:
     link: LinkConfig
     runtime: ModuleRuntime
     feeder: ModuleFeeder | None = None
+    feeder_source: ModuleKeySource | None = None  # the key source the feeder pulls from
 
 
 StateListener = Callable[[str, ModuleStatus], None]
@@ -66,6 +71,9 @@ class KeyPlane:
         self.resolver: NeighbourResolver | None = None
         self.link_listeners: list[Callable[[str, ModuleStatus], None]] = []
         self.perf_listeners: list[Callable[[str, ModuleStatus], None]] = []
+        self.fabric: FabricClient | None = None
+        self._configured_links: list[LinkConfig] = []
+        self._sync_lock = asyncio.Lock()
 
     # -- life cycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -75,7 +83,15 @@ class KeyPlane:
             return
         self.store = await asyncio.to_thread(KeyStore, self.state_dir / "keys")
         for rt in self.modules.values():
-            await self._start_module(rt)
+            peer = rt.spec.get("peer") or {}
+            if rt.spec.get("pairs_with") and rt.spec.get("channel"):
+                await self._start_module(rt, str(rt.spec["pairs_with"]), float(rt.spec.get("loss_db", 0.0)),
+                                         rt.spec["channel"], peer.get("node_id"), peer.get("qkdi_id"))
+        fabric = self.extra.get("fabric")
+        if fabric and self.modules:
+            self.fabric = FabricClient(str(fabric["url"]), {str(rt.spec["name"]) for rt in self.modules.values()},
+                                       self._light_changed)
+            await self.fabric.start()
         saes = {s["id"]: s["node_id"] for s in self.extra.get("saes") or []}
         directory = SaeDirectory(self.node_id, saes)
         self.resolver = NeighbourResolver(directory, {})
@@ -86,53 +102,98 @@ class KeyPlane:
                 host=str(api.get("host", "127.0.0.1")), port=int(api.get("port", 0)),
             )
 
-    async def _start_module(self, rt: ModuleRuntime) -> None:
+    async def _start_module(self, rt: ModuleRuntime, peer: str, loss_db: float, channel: dict[str, Any],
+                            peer_node_id: str | None, peer_qkdi: int | None) -> None:
+        """Run the module paired with `peer` (the receiver listens on `channel`)."""
         spec = rt.spec
-        channel = spec.get("channel")
-        if channel is None or not spec.get("pairs_with"):
-            return  # an unpaired module: its interface exists, nothing runs
+        if spec["role"] == "receiver":
+            channel = spec.get("channel") or channel
         cfg = ModuleConfig(
             name=str(spec["name"]), technology=spec["technology"], role=spec["role"],
-            pairs_with=str(spec["pairs_with"]), profile=spec.get("profile"),
-            loss_db=float(spec.get("loss_db", 0.0)),
+            pairs_with=peer, profile=spec.get("profile"), loss_db=loss_db,
             channel_host=str(channel.get("host", "127.0.0.1")), channel_port=int(channel["port"]),
         )
+        rt.peer, rt.peer_node_id, rt.peer_qkdi = peer, peer_node_id, peer_qkdi
         module = QKDModule(cfg)
         qkdi = rt.qkdi_id
         module.on_state_change(lambda st, q=qkdi: self._state_changed(q, st))
         module.on_perf(lambda st, q=qkdi: self._perf(q, st))
         await module.start()
         assert self.pki is not None
-        peer_node = str((spec.get("peer") or {}).get("node", "peer"))
         src = spec.get("keysource") or {}
+        # the KMS names the far end of a module's key stream by the peer module's name
         source = ModuleKeySource(
-            module, server_context(self.pki), kms_sae_id=self.node_name, peer_kms_id=peer_node,
+            module, server_context(self.pki), kms_sae_id=self.node_name, peer_kms_id=peer,
             host=str(src.get("host", "127.0.0.1")), port=int(src.get("port", 0)),
         )
         rt.source_port = await source.start()
         rt.module, rt.source = module, source
 
+    async def _stop_module(self, rt: ModuleRuntime) -> None:
+        if rt.source is not None:
+            await rt.source.stop()
+        if rt.module is not None:
+            await rt.module.stop()
+        rt.module = rt.source = None
+        rt.peer = rt.peer_node_id = rt.peer_qkdi = None
+
+    async def _light_changed(self, lights: dict[str, Light]) -> None:
+        """The plant changed: re-pair modules whose light reaches another peer, set losses."""
+        repaired = False
+        for rt in self.modules.values():
+            light = lights.get(str(rt.spec["name"]))
+            if light is None:
+                continue
+            if light.peer is None:
+                if rt.module is not None:
+                    rt.module.set_loss(DARK_LOSS_DB)
+                continue
+            if light.peer == rt.peer and rt.module is not None:
+                if not math.isclose(rt.module.loss_db, light.loss_db):
+                    rt.module.set_loss(light.loss_db)
+                continue
+            if light.channel is None:
+                continue
+            await self._stop_module(rt)
+            await self._start_module(rt, light.peer, light.loss_db, light.channel, light.peer_node_id, light.peer_qkdi)
+            repaired = True
+        if repaired:
+            await self.sync_links(self._configured_links)
+
     async def stop(self) -> None:
+        if self.fabric is not None:
+            await self.fabric.stop()
         for lr in self.links.values():
             if lr.feeder is not None:
                 await lr.feeder.stop()
         if self.etsi014 is not None:
             await self.etsi014.stop()
         for rt in self.modules.values():
-            if rt.source is not None:
-                await rt.source.stop()
-            if rt.module is not None:
-                await rt.module.stop()
+            await self._stop_module(rt)
         if self.store is not None:
             self.store.close()
 
     # -- driven by the agent ----------------------------------------------------------------------
+    def _lit(self, ln: LinkConfig) -> bool:
+        """A PHYS link is served when its local module is paired with the link's remote module."""
+        rt = self.modules[ln.local_qkdi]  # type: ignore[index]
+        if rt.module is None:
+            return False
+        if rt.peer_node_id is None:
+            return True  # statically paired, no plant information
+        return rt.peer_node_id == ln.remote_node and (ln.remote_qkdi is None or rt.peer_qkdi == ln.remote_qkdi)
+
     async def sync_links(self, links: list[LinkConfig]) -> None:
+        async with self._sync_lock:
+            await self._sync_links(links)
+
+    async def _sync_links(self, links: list[LinkConfig]) -> None:
         """Make key associations and feeders follow the configured PHYS links of local modules."""
+        self._configured_links = list(links)
         wanted = {
             ln.qkdl_id: ln for ln in links
             if ln.link_type == "PHYS" and ln.enabled and ln.local_node == self.node_id
-            and ln.local_qkdi in self.modules and ln.remote_node
+            and ln.local_qkdi in self.modules and ln.remote_node and self._lit(ln)
         }
         for qkdl_id in list(self.links):
             if qkdl_id not in wanted:
@@ -142,13 +203,13 @@ class KeyPlane:
         for qkdl_id, ln in wanted.items():
             rt = self.modules[ln.local_qkdi]  # type: ignore[index]
             current = self.links.get(qkdl_id)
-            if current is not None:
+            if current is not None and (current.feeder is None or current.feeder_source is rt.source):
                 current.link = ln
-                self._apply_loss(current)
                 continue
+            if current is not None and current.feeder is not None:
+                await current.feeder.stop()
             lr = LinkRuntime(ln, rt)
             self.links[qkdl_id] = lr
-            self._apply_loss(lr)
             if self.store is None or rt.module is None or self.pki is None:
                 continue
             assert ln.remote_node is not None
@@ -157,22 +218,16 @@ class KeyPlane:
                 master_parity=0 if rt.spec["role"] == "transmitter" else 1,
                 key_size_bits=rt.module.key_size_bits,
             )
-            peer_node = str((rt.spec.get("peer") or {}).get("node", "peer"))
+            assert rt.peer is not None
             lr.feeder = ModuleFeeder(
-                f"https://127.0.0.1:{rt.source_port}", client_context(self.pki), peer_node, self.store, qkdl_id,
+                f"https://127.0.0.1:{rt.source_port}", client_context(self.pki), rt.peer, self.store, qkdl_id,
             )
+            lr.feeder_source = rt.source
             await lr.feeder.start()
         if self.resolver is not None:
             self.resolver.routes.clear()
             self.resolver.routes.update({lr.link.remote_node: q for q, lr in self.links.items()
                                          if lr.feeder is not None and lr.link.remote_node})
-
-    @staticmethod
-    def _apply_loss(lr: LinkRuntime) -> None:
-        module = lr.runtime.module
-        att = lr.link.channel_att
-        if module is not None and att is not None and not math.isclose(module.loss_db, att):
-            module.set_loss(att)
 
     def _link_of(self, qkdi_id: int) -> str | None:
         for q, lr in self.links.items():
