@@ -93,7 +93,7 @@ class GroupCommitter:
         self.requests += len(batch)
         if self._pending:  # start the next group before waking this one's callers
             self._launch()
-        for (_, fut), res in zip(batch, results):
+        for (_, fut), res in zip(batch, results, strict=True):
             if fut.done():  # the caller went away; its keys were delivered and are gone regardless
                 continue
             if isinstance(res, KeyStoreError):

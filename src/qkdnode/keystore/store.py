@@ -30,8 +30,12 @@ Rules
   (and counts) the rest.
 
 Threading: all methods are synchronous and short; one lock serialises them, so they may be called from
-any thread. Async servers use `qkdnode.keystore.committer.GroupCommitter`, which runs batches in one
-dedicated thread so that the event loop never waits for fsync. A file lock keeps other processes out.
+any thread. `stats`, `association(s)` read immutable snapshots without the lock, so an event loop may
+call them. Deliveries can be split in two phases (`begin_batch` does the work without fsync, then
+`finish_batch` commits, possibly in another thread); `qkdnode.keystore.committer.GroupCommitter` uses
+that so that an event loop never waits for an fsync and concurrent requests share one commit. Ingest
+does an fsync: call it from a worker thread (`asyncio.to_thread`). WAL checkpoints run in a thread of
+the store, never inside a commit. A file lock keeps other KeyStore instances and processes out.
 The class keeps an in-memory mirror of the block index and counters (no key material), rebuilt from
 the database at open and after any failed commit; published `Stats` only ever reflect committed state.
 """
@@ -47,9 +51,9 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from itertools import islice
-from operator import lt
 from pathlib import Path
 
+from .batch import BatchWriter, OpenBatch
 from .errors import (
     AssociationConflict,
     BadRequest,
@@ -62,10 +66,10 @@ from .errors import (
     StorageError,
     UnknownAssociation,
 )
-from .batch import BatchWriter, OpenBatch
 from .mirror import AssocMirror, Block, Plan
+from .schema import SCHEMA
+from .stream import check_stream, seq_runs
 from .types import (
-    UUIDS_RE,
     Association,
     AssociationKind,
     Delivery,
@@ -78,42 +82,9 @@ from .types import (
     key_id_str,
     parse_key_id,
 )
+
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS association(
-    assoc_id TEXT PRIMARY KEY,
-    local_node_id TEXT NOT NULL,
-    remote_node_id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('link', 'relay')),
-    master_parity INTEGER NOT NULL CHECK (master_parity IN (0, 1)),
-    key_size_bits INTEGER NOT NULL CHECK (key_size_bits > 0 AND key_size_bits % 8 = 0),
-    max_key_count INTEGER NOT NULL CHECK (max_key_count >= 0),
-    max_keys_per_request INTEGER NOT NULL CHECK (max_keys_per_request > 0),
-    created REAL NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT -1,      -- highest seq ever offered to ingest
-    dropped INTEGER NOT NULL DEFAULT 0         -- keys refused because the store was full
-);
-CREATE TABLE IF NOT EXISTS block(
-    bid INTEGER PRIMARY KEY,
-    assoc_id TEXT NOT NULL REFERENCES association(assoc_id),
-    first_seq INTEGER NOT NULL,
-    n INTEGER NOT NULL,
-    created REAL NOT NULL,
-    key_ids BLOB NOT NULL,   -- n x 16-byte UUIDs
-    material BLOB NOT NULL   -- n x key size; zeros where delivered
-);
-CREATE UNIQUE INDEX IF NOT EXISTS block_by_seq ON block(assoc_id, first_seq);
-CREATE TABLE IF NOT EXISTS delivery(
-    assoc_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    key_id TEXT NOT NULL,
-    master_sae TEXT NOT NULL,
-    slave_sae TEXT NOT NULL,
-    delivered_at REAL NOT NULL,
-    PRIMARY KEY (assoc_id, seq)
-) WITHOUT ROWID;
-"""
 
 
 class KeyStore:
@@ -128,27 +99,31 @@ class KeyStore:
         self.path = self.state_dir / self.FILE_NAME
         self.block_keys = block_keys
         self._lock = threading.Lock()
+        self._writes = 0  # committed write transactions, for the checkpointer
         self._lockfile = os.open(self.state_dir / (self.FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lockfile)
-            raise StorageError(f"key store {self.path} is in use by another process") from None
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False
-        )
-        conn = self._conn
-        if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
-            raise StorageError("SQLite refused WAL mode")
-        # Checkpoints run in a thread of their own (`_checkpoint_loop`), never in a commit.
-        for pragma in ("synchronous=FULL", "secure_delete=ON", "cache_size=-32768",
-                       "journal_size_limit=67108864", "foreign_keys=ON", "wal_autocheckpoint=0"):
-            conn.execute(f"PRAGMA {pragma}")
-        conn.executescript(_SCHEMA)
+            raise StorageError(f"key store {self.path} is already open (another KeyStore or process)") from None
+        self._conn: sqlite3.Connection | None = None
         self._assocs: dict[str, AssocMirror] = {}
         self._stats: dict[str, Stats] = {}
-        self._load()
-        self._writes = 0  # committed write transactions, for the checkpointer
+        try:
+            self._conn = conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] != "wal":
+                raise StorageError("SQLite refused WAL mode")
+            # Checkpoints run in a thread of their own (`_checkpoint_loop`), never in a commit.
+            for pragma in ("synchronous=FULL", "secure_delete=ON", "cache_size=-32768",
+                           "journal_size_limit=67108864", "foreign_keys=ON", "wal_autocheckpoint=0"):
+                conn.execute(f"PRAGMA {pragma}")
+            conn.executescript(SCHEMA)
+            self._load()
+        except BaseException:
+            if self._conn is not None:
+                self._conn.close()
+            os.close(self._lockfile)
+            raise
         self._stop = threading.Event()
         self._checkpointer = threading.Thread(target=self._checkpoint_loop, args=(checkpoint_interval,),
                                               name="keystore-checkpoint", daemon=True)
@@ -281,6 +256,7 @@ class KeyStore:
                 (assoc_id, local_node_id, remote_node_id, kind, master_parity, key_size_bits,
                  max_key_count, max_keys_per_request, time.time()),
             )
+            self._writes += 1
             a = AssocMirror(info, 0, -1, 0)
             self._assocs[assoc_id] = a
             self._stats[assoc_id] = self._make_stats(a)
@@ -299,6 +275,7 @@ class KeyStore:
                 "UPDATE association SET max_key_count = ?, max_keys_per_request = ? WHERE assoc_id = ?",
                 (mkc, mkr, assoc_id),
             )
+            self._writes += 1
             i = a.info
             a.info = Association(i.assoc_id, i.local_node_id, i.remote_node_id, i.kind,
                                  i.master_parity, i.key_size_bits, mkc, mkr)
@@ -306,12 +283,10 @@ class KeyStore:
             return a.info
 
     def associations(self) -> list[Association]:
-        with self._lock:
-            return [a.info for a in self._assocs.values()]
+        return [a.info for a in list(self._assocs.values())]
 
     def association(self, assoc_id: str) -> Association:
-        with self._lock:
-            return self._assoc(assoc_id).info
+        return self._assoc(assoc_id).info
 
     def _assoc(self, assoc_id: str) -> AssocMirror:
         a = self._assocs.get(assoc_id)
@@ -355,7 +330,7 @@ class KeyStore:
             raise IngestError("keys must be (key_id, seq, bytes) tuples") from e
         with self._lock:
             a = self._assoc(assoc_id)
-            self._check_ingest(a, ids, seqs, mats)
+            check_stream(a.info.key_size_bits // 8, a.last_seq, ids, seqs, mats)
             if not ids:
                 return 0
             room = max(a.info.max_key_count - a.avail_own - a.avail_other, 0)
@@ -363,7 +338,7 @@ class KeyStore:
             dropped = len(ids) - n_store
             packed = bytes.fromhex("".join(ids[:n_store]).replace("-", ""))
             material = b"".join(mats[:n_store])
-            runs = self._runs(seqs[:n_store])
+            runs = seq_runs(seqs[:n_store], self.block_keys)
             kb = a.info.key_size_bits // 8
             conn = self._db()
             now = time.time()
@@ -399,34 +374,6 @@ class KeyStore:
             a.dropped += dropped
             self._stats[assoc_id] = self._make_stats(a)
             return n_store
-
-    @staticmethod
-    def _check_ingest(a: AssocMirror, ids: list[str], seqs: list[int], mats: list[bytes]) -> None:
-        if not ids:
-            return
-        kb = a.info.key_size_bits // 8
-        if set(map(type, mats)) != {bytes} or set(map(len, mats)) != {kb}:
-            raise IngestError(f"every key must be {kb} bytes")
-        if set(map(type, ids)) != {str} or set(map(len, ids)) != {36} or not UUIDS_RE.fullmatch("".join(ids)):
-            raise IngestError("every key_id must be a UUID (8-4-4-4-12 hex)")
-        if set(map(type, seqs)) != {int}:
-            raise IngestError("seq must be int")
-        if seqs[0] <= a.last_seq or not all(map(lt, seqs, islice(seqs, 1, None))):
-            raise IngestError(f"seq must increase strictly (after {a.last_seq})")
-
-    def _runs(self, seqs: list[int]) -> list[tuple[int, int]]:
-        """Split positions into (start, length) runs of consecutive seq, at most block_keys long."""
-        if not seqs:
-            return []
-        out: list[tuple[int, int]] = []
-        if seqs[-1] - seqs[0] == len(seqs) - 1:
-            bounds = [0, len(seqs)]
-        else:
-            bounds = [0] + [i for i in range(1, len(seqs)) if seqs[i] != seqs[i - 1] + 1] + [len(seqs)]
-        for lo, hi in zip(bounds, bounds[1:]):
-            for s in range(lo, hi, self.block_keys):
-                out.append((s, min(self.block_keys, hi - s)))
-        return out
 
     # -- delivery ----------------------------------------------------------------------------
 
@@ -544,7 +491,7 @@ class KeyStore:
         problems: list[tuple[str, str]] = []
         per_block: dict[int, tuple[Block, list[int]]] = {}
         order: list[tuple[Block, int]] = []
-        for text, key in zip(ids, packed):
+        for text, key in zip(ids, packed, strict=True):
             found = a.locate(key)
             if found is None:
                 problems.append((text, "unknown"))
@@ -570,16 +517,20 @@ class KeyStore:
             blob = w.blob(b.bid)
             if isinstance(req, MasterRequest):  # every other slot: one read, one write
                 lo, hi = slots[0] * kb, (slots[-1] + 1) * kb
-                buf = bytearray(blob[lo:hi])
+                blob.seek(lo)
+                buf = bytearray(blob.read(hi - lo))
                 for s in slots:
                     o = s * kb - lo
                     got[b.bid, s] = bytes(buf[o:o + kb])
                     buf[o:o + kb] = zero
-                blob[lo:hi] = bytes(buf)
+                blob.seek(lo)
+                blob.write(buf)
             else:
                 for s in slots:
-                    got[b.bid, s] = blob[s * kb:(s + 1) * kb]
-                    blob[s * kb:(s + 1) * kb] = zero
+                    blob.seek(s * kb)
+                    got[b.bid, s] = blob.read(kb)
+                    blob.seek(s * kb)
+                    blob.write(zero)
         order = plan.order if plan.order is not None else [(b, s) for b, slots in plan.blocks for s in slots]
         now = time.time()
         aid = a.info.assoc_id
