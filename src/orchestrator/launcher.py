@@ -21,17 +21,29 @@ from typing import Any
 
 import yaml
 
+from .nodeclient import QKD_NS, NetconfEndpoint
+from .nodeclient import connect as netconf_connect
 from .plant import plan_plant
-from .topology import ModuleSpec, Topology
+from .topology import ModuleSpec, RouteSpec, Topology
 
 NETCONF_USER = "admin"
 NETCONF_PASSWORD = "admin"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A free TCP port, never the same one twice in this process: the kernel may hand a port that
+    was just probed and closed out again, and two services of a network must not share one."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free TCP port left")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -61,13 +73,120 @@ class NodeProcess:
     state_dir: Path
     netconf_port: int
     etsi014_port: int = 0
+    etsi004_port: int = 0
+    forwarder_port: int = 0
     cert: Path | None = None
     key: Path | None = None
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-class Network:
+# -- orchestrators: one `qkdorch serve` per domain (README "Orchestrator") ---------------------------
+class _Orchestrators:
+    """Mixed into Network: start, feed and stop the domains' SDN controllers."""
+
+    orchestrate: bool = True  # False: no orchestrator, static routes installed by the launcher
+    orch_procs: dict[str, asyncio.subprocess.Process]
+    orch_urls: dict[str, str]
+
+    def _host_key(self: Any, np: NodeProcess) -> str | None:
+        import asyncssh
+
+        path = np.state_dir / "ssh_host_ed25519_key"
+        if not path.exists():
+            return None
+        return str(asyncssh.read_private_key(str(path)).export_public_key("openssh").decode().split()[1])
+
+    def _with_orchestrators(self: Any, data: dict[str, Any]) -> dict[str, Any]:
+        for np in self.nodes.values():
+            spec = self.topology.nodes[np.name]
+            entry = data["nodes"][np.name]
+            entry["domains"] = [spec.domain, *[d for d in spec.border if d != spec.domain]]
+            key = self._host_key(np)
+            if key is not None:
+                entry["netconf"]["host_key"] = key
+        urls = getattr(self, "orch_urls", None)
+        if urls:
+            data["orchestrators"] = {d: {"url": u} for d, u in urls.items()}
+        return data
+
+    async def start_orchestrators(self: Any, timeout: float = 60.0) -> None:
+        """One `qkdorch serve` per domain (inventory: the nodes' NETCONF addresses only); then the
+        topology's declared routes are asked of the orchestrators, as an NMS would."""
+        self.orch_procs, self.orch_urls = {}, {}
+        inventory = self.state_dir / "inventory.json"
+        write_json_atomic(inventory, self.network_data())
+        ports = {d: free_port(self.host) for d in self.topology.domains()}
+        urls = {d: f"http://{self.host}:{p}" for d, p in ports.items()}
+        for domain, port in ports.items():
+            peers = [a for d, u in urls.items() if d != domain for a in ("--peer", f"{d}={u}")]
+            log = open(self.state_dir / "logs" / f"orchestrator-{domain}.log", "ab")
+            self.orch_procs[domain] = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "orchestrator.cli", "serve", "--inventory", str(inventory), "--domain", domain,
+                "--host", self.host, "--port", str(port), *peers,
+                stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+            )
+            log.close()
+        for domain, proc in self.orch_procs.items():
+            assert proc.stdout is not None
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+            except asyncio.TimeoutError:
+                line = b""
+            if not line.startswith(b"READY"):
+                raise RuntimeError(f"the orchestrator of domain {domain} did not start "
+                                   f"(see {self.state_dir / 'logs' / f'orchestrator-{domain}.log'})")
+        self.orch_urls = urls
+        await self.provision_declared_routes(timeout)
+
+    async def provision_declared_routes(self: Any, timeout: float = 60.0) -> None:
+        for route in self.topology.routes.values():
+            src, dst = route.path[0], route.path[-1]
+            domain = self.topology.nodes[src].domain
+            body: dict[str, Any] = {"id": self.route_id(route), "src": src, "dst": dst,
+                                    "rate_bps": route.bandwidth_bps or DEFAULT_ROUTE_BPS, "saes": list(route.saes)}
+            if all(domain in (self.topology.nodes[n].domain, *self.topology.nodes[n].border) for n in route.path):
+                body["path"] = list(route.path)  # pinned as declared; across domains each domain chooses
+            await asyncio.to_thread(_post_route, f"{self.orch_urls[domain]}/routes", body, timeout)
+
+    async def stop_orchestrators(self: Any, grace: float = 5.0) -> None:
+        procs = [p for p in getattr(self, "orch_procs", {}).values() if p.returncode is None]
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                await asyncio.wait_for(p.wait(), grace)
+            except asyncio.TimeoutError:
+                p.kill()
+                await p.wait()
+
+
+DEFAULT_ROUTE_BPS = 10_000
+
+
+def _post_route(url: str, body: dict[str, Any], timeout: float) -> None:
+    """POST a declared route; retried while the orchestrator finds no capacity yet (links coming up)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30):
+                return
+        except urllib.error.HTTPError as exc:
+            message = exc.read().decode(errors="replace")
+            if exc.code != 409 or time.monotonic() > deadline:
+                raise RuntimeError(f"route {body['src']} -> {body['dst']} refused by the orchestrator: {message}") from exc
+        time.sleep(0.5)
+
+
+class Network(_Orchestrators):
     """A running network of node processes."""
 
     def __init__(self, topology: Topology, state_dir: Path, host: str = "127.0.0.1") -> None:
@@ -94,7 +213,7 @@ class Network:
             self.nodes[spec.name] = NodeProcess(
                 name=spec.name, node_id=node_id, domain=spec.domain, config_path=cfg_path,
                 state_dir=self.state_dir / "nodes" / spec.name, netconf_port=free_port(self.host),
-                etsi014_port=free_port(self.host),
+                etsi014_port=free_port(self.host), etsi004_port=free_port(self.host),
             )
         self.ca = CertificateAuthority(self.state_dir / "pki")
         for np in self.nodes.values():
@@ -107,6 +226,7 @@ class Network:
                                  "ca": str(self.ca.cert_path)}
         self._plan_modules()
         self._plan_fabric()
+        self._plan_relay()
         for spec in self.topology.nodes.values():
             self._write_node_config(spec.name)
 
@@ -190,10 +310,15 @@ class Network:
         }
         cfg["pki"] = {"ca": str(self.ca.cert_path), "cert": str(np.cert), "key": str(np.key)}
         cfg["etsi014"] = {"host": self.host, "port": np.etsi014_port}
+        cfg["etsi004"] = {"host": self.host, "port": np.etsi004_port}
+        # every other node's KMS (node cert CN = name): the ETSI 004 KMS-to-KMS calls go there
+        cfg["peers"] = {o.name: {"node_id": o.node_id, "etsi004": {"host": self.host, "port": o.etsi004_port}}
+                        for o in self.nodes.values() if o.name != name}
         cfg["saes"] = [{"id": s.id, "node": s.node, "node_id": self.nodes[s.node].node_id}
                        for s in self.topology.saes.values()]
         cfg["modules"] = [self._module_config(m) for m in self.topology.modules.values() if m.node == name]
         cfg["fabric"] = {"url": self.fabric_url}
+        cfg.update(self._relay_config(name))
         sw = self.topology.switch_of(name)
         if sw is not None:
             cfg["switch"] = {"name": sw.name, "insertion_loss_db": sw.insertion_loss_db, "ports": sw.ports,
@@ -216,6 +341,7 @@ class Network:
 
     async def start(self, timeout: float = 60.0) -> None:
         await self._start_fabric()
+        await self._start_qrng()
         for np in self.nodes.values():
             log = open(self.state_dir / "logs" / f"{np.name}.log", "ab")
             np.proc = await asyncio.create_subprocess_exec(
@@ -233,6 +359,10 @@ class Network:
                 late = [n.name for n in self.nodes.values() if not n.ready.is_set()]
                 raise RuntimeError(f"nodes not ready after {timeout:.0f} s: {', '.join(late)} (see {self.state_dir / 'logs'})")
             await asyncio.sleep(0.05)
+        if self.orchestrate:  # the domains' orchestrators install the declared routes (README "Orchestrator")
+            await self.start_orchestrators(timeout)
+        else:
+            await self.install_routes()
         self.write_network_json()
 
     async def _watch(self, np: NodeProcess) -> None:
@@ -250,7 +380,7 @@ class Network:
         return [n.name for n in self.nodes.values() if n.proc is not None and n.proc.returncode is not None]
 
     def network_data(self) -> dict[str, Any]:
-        return {
+        return self._with_orchestrators(self._with_relay({
             "topology": self.topology.name,
             "state_dir": str(self.state_dir),
             "nodes": {
@@ -262,21 +392,26 @@ class Network:
                     "netconf": {"host": self.host, "port": np.netconf_port,
                                 "username": NETCONF_USER, "password": NETCONF_PASSWORD},
                     "etsi014": {"url": f"https://{self.host}:{np.etsi014_port}"},
+                    "etsi004": {"url": f"{self.host}:{np.etsi004_port}"},
                 }
                 for np in self.nodes.values()
             },
             "saes": self.saes,
             "ca": str(self.ca.cert_path),
             "fabric": {"url": self.fabric_url},
-        }
+        }))
 
     def write_network_json(self) -> None:
         write_json_atomic(self.network_json, self.network_data())
 
     async def stop(self, grace: float = 8.0) -> None:
+        await self.stop_orchestrators()  # first: they must not see the nodes go as failures
         procs = [np.proc for np in self.nodes.values() if np.proc is not None and np.proc.returncode is None]
         if self.fabric_proc is not None and self.fabric_proc.returncode is None:
             procs.append(self.fabric_proc)
+        qrng = getattr(self, "qrng_proc", None)
+        if qrng is not None and qrng.returncode is None:
+            procs.append(qrng)
         for p in procs:
             try:
                 p.send_signal(signal.SIGTERM)
@@ -289,3 +424,113 @@ class Network:
             except asyncio.TimeoutError:
                 p.kill()
                 await p.wait()
+
+    # -- key relay: forwarder addresses, QRNG service, static routes (README "Key relay routes") ---
+    def _plan_relay(self) -> None:
+        for np in self.nodes.values():
+            np.forwarder_port = free_port(self.host)
+        self.qrng_proc: asyncio.subprocess.Process | None = None
+        self.qrng_url: str | None = None
+        if self.topology.qrng_node is not None:
+            self.qrng_port = free_port(self.host)
+            self.qrng_url = f"https://{self.host}:{self.qrng_port}"
+            self.qrng_cert = self.ca.issue_server("qrng", self.state_dir / "pki")
+
+    def _relay_peers(self, name: str) -> list[str]:
+        """Nodes the forwarder of `name` talks to: fibre neighbours and QKD module-pair peers."""
+        out = [n["name"] for n in self._neighbours(name)]
+        for m in self.topology.modules.values():
+            peer = self.topology.modules.get(m.pairs_with or "")
+            if m.node == name and peer is not None and peer.node not in out:
+                out.append(peer.node)
+        return out
+
+    def _relay_config(self, name: str) -> dict[str, Any]:
+        np = self.nodes[name]
+        cfg: dict[str, Any] = {"forwarder": {
+            "host": self.host, "port": np.forwarder_port,
+            "neighbours": [{"name": o, "node_id": self.nodes[o].node_id, "host": self.host,
+                            "port": self.nodes[o].forwarder_port} for o in self._relay_peers(name)],
+        }}
+        if self.qrng_url is not None and self.topology.qrng_node == name:
+            cfg["qrng"] = {"url": self.qrng_url}
+        return cfg
+
+    async def _start_qrng(self) -> None:
+        if self.qrng_url is None:
+            return
+        log = open(self.state_dir / "logs" / "qrng.log", "ab")
+        self.qrng_proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "qkdnode.qrng", "--host", self.host, "--port", str(self.qrng_port),
+            "--cert", str(self.qrng_cert.cert), "--key", str(self.qrng_cert.key), "--ca", str(self.ca.cert_path),
+            stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+        )
+        log.close()
+        assert self.qrng_proc.stdout is not None
+        line = await asyncio.wait_for(self.qrng_proc.stdout.readline(), 30)
+        if not line.startswith(b"READY"):
+            raise RuntimeError(f"the QRNG service did not start (see {self.state_dir / 'logs' / 'qrng.log'})")
+
+    def route_id(self, route: RouteSpec) -> str:
+        """qkdl_id of a static route's VIRT links (the same on every node of the path)."""
+        return str(uuid.uuid5(LINK_NAMESPACE, f"route|{route.name}"))
+
+    def route_link_xml(self, route: RouteSpec, node: str) -> str:
+        """The VIRT `qkd_link` of `route` as `node` holds it."""
+        ids = [self.nodes[n].node_id for n in route.path]
+        i = route.path.index(node)
+        apps = "".join(f"<qkdl_applications>{sae_uuid(s)}</qkdl_applications>" for s in route.saes)
+        prev = f"<virt_prev_hop>{ids[i - 1]}</virt_prev_hop>" if i > 0 else ""
+        nxt = f"<virt_next_hop>{ids[i + 1]}</virt_next_hop>" if i < len(ids) - 1 else ""
+        bw = f"<virt_bandwidth>{route.bandwidth_bps}</virt_bandwidth>" if route.bandwidth_bps else ""
+        return (f"<qkd_link><qkdl_id>{self.route_id(route)}</qkdl_id><qkdl_enable>true</qkdl_enable>"
+                f"<qkdl_local><qkdn_id>{ids[0]}</qkdn_id></qkdl_local>"
+                f"<qkdl_remote><qkdn_id>{ids[-1]}</qkdn_id></qkdl_remote>"
+                f"<qkdl_type>etsi-qkdn-types:VIRT</qkdl_type>{apps}{prev}{nxt}{bw}</qkd_link>")
+
+    async def install_routes(self) -> None:
+        """Install the topology's static routes over NETCONF: per node, one locked candidate edit
+        of all its VIRT links, commit, unlock."""
+        per_node: dict[str, list[str]] = {}
+        for route in self.topology.routes.values():
+            for node in route.path:
+                per_node.setdefault(node, []).append(self.route_link_xml(route, node))
+        await asyncio.gather(*(asyncio.to_thread(self._install_on, node, links) for node, links in per_node.items()))
+
+    def _install_on(self, node: str, links: list[str]) -> None:
+        np = self.nodes[node]
+        config = (f'<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><qkd_node xmlns="{QKD_NS}" '
+                  f'xmlns:etsi-qkdn-types="{QKD_TYPES_NS}"><qkd_links>{"".join(links)}</qkd_links></qkd_node></config>')
+        ep = NetconfEndpoint(self.host, np.netconf_port, NETCONF_USER, NETCONF_PASSWORD)
+        with netconf_connect(ep) as m:
+            with m.locked("candidate"):
+                try:
+                    m.edit_config(target="candidate", config=config)
+                    m.commit()
+                except Exception:
+                    m.discard_changes()
+                    raise
+
+    def _with_relay(self, data: dict[str, Any]) -> dict[str, Any]:
+        for np in self.nodes.values():
+            data["nodes"][np.name]["forwarder"] = {"host": self.host, "port": np.forwarder_port}
+        if self.qrng_url is not None:
+            data["qrng"] = {"url": self.qrng_url, "node": self.topology.qrng_node}
+        if self.topology.routes:
+            data["routes"] = {r.name: {"qkdl_id": self.route_id(r), "path": list(r.path), "saes": list(r.saes),
+                                       "bandwidth_bps": r.bandwidth_bps} for r in self.topology.routes.values()}
+        return data
+
+
+QKD_TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
+#: uuid5 namespace of SAE IDs in qkdl_applications (015 types them as yang:uuid); the node side uses
+#: the same constant (qkdnode.forwarder.routes.SAE_NAMESPACE): shared names, not shared code.
+SAE_NAMESPACE = uuid.UUID("0b6d3c1e-8f4a-5e7b-9c2d-4a1f6e8b3d57")
+
+
+def sae_uuid(sae_id: str) -> str:
+    try:
+        return str(uuid.UUID(sae_id))
+    except ValueError:
+        return str(uuid.uuid5(SAE_NAMESPACE, sae_id))
+

@@ -47,6 +47,7 @@ def status_table(network: dict) -> Table:
 async def _up(args: argparse.Namespace, console: Console) -> int:
     topo = load_topology(args.topology or default_topology())
     net = Network(topo, Path(args.state_dir))
+    net.orchestrate = not args.no_orchestrator
     net.prepare()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,6 +64,8 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
     console.print(f"network {topo.name} up in {time.monotonic() - t0:.1f} s; state in {net.state_dir}")
     data = json.loads(net.network_json.read_text())
     console.print(await asyncio.to_thread(status_table, data))
+    for domain, orch in sorted((data.get("orchestrators") or {}).items()):
+        console.print(f"orchestrator of domain {domain}: {orch['url']}")
     code = 0
     try:
         if args.duration is not None:
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--state-dir", default="state", help="where configs, logs, datastores and network.json go")
     up.add_argument("--duration", type=float, help="exit after this many seconds")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for the network to come up")
+    up.add_argument("--no-orchestrator", action="store_true",
+                    help="start no orchestrator (the launcher installs the declared routes itself)")
     up.set_defaults(func=_cmd_up)
     st = sub.add_parser("status", help="show a running network")
     st.add_argument("--state-dir", default="state")

@@ -69,6 +69,16 @@ class SaeSpec:
     node: str
 
 
+@dataclass(frozen=True)
+class RouteSpec:
+    """A static key relay route: VIRT links installed on every node of `path` by `qkdnet up`."""
+
+    name: str
+    path: tuple[str, ...]
+    bandwidth_bps: int | None = None
+    saes: tuple[str, ...] = ()
+
+
 @dataclass
 class Topology:
     name: str
@@ -79,6 +89,8 @@ class Topology:
     saes: dict[str, SaeSpec] = field(default_factory=dict)
     switches: dict[str, SwitchSpec] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # routes, services (later work)
+    routes: dict[str, RouteSpec] = field(default_factory=dict)
+    qrng_node: str | None = None  # services.qrng.node: where the QRNG entropy service runs
 
     def switch_of(self, node: str) -> SwitchSpec | None:
         return next((sw for sw in self.switches.values() if sw.node == node), None)
@@ -301,8 +313,54 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
             if not any(set(f.ends) == {spec.node, peer.node} for f in fibres.values()):
                 raise r.fail(p + ("pairs_with",), f"no fibre joins {spec.node} and {peer.node}")
 
+    routes = _routes(r, top, node_ref, fibres, modules, saes)
+    qrng_node = None
+    services = top.get("services")
+    if services is not None:
+        sv = r.mapping(services, ("services",), {"qrng"})
+        if "qrng" in sv:
+            q = r.mapping(sv["qrng"], ("services", "qrng"), {"node", "description"}, {"node"})
+            qrng_node = node_ref(q["node"], ("services", "qrng", "node"))
+
     extra = {k: top[k] for k in ("routes", "services", "use_cases") if k in top}
     return Topology(
         name=str(top.get("name") or Path(str(source)).stem), source=Path(source) if isinstance(source, Path) else None,
         nodes=nodes, fibres=fibres, modules=modules, saes=saes, switches=switches, extra=extra,
+        routes=routes, qrng_node=qrng_node,
     )
+
+
+def _routes(r: _Reader, top: dict[str, Any], node_ref: Any, fibres: dict[str, FibreSpec],
+            modules: dict[str, ModuleSpec], saes: dict[str, SaeSpec]) -> dict[str, RouteSpec]:
+    """`routes:` static key relay routes; consecutive path nodes must share a fibre or a module pair."""
+    joined = {frozenset(f.ends) for f in fibres.values()}
+    joined |= {frozenset((m.node, modules[m.pairs_with].node)) for m in modules.values()
+               if m.pairs_with in modules}
+    routes: dict[str, RouteSpec] = {}
+    for i, ro in enumerate(r.seq(top.get("routes"), ("routes",))):
+        p: Path_ = ("routes", i)
+        m = r.mapping(ro, p, {"name", "path", "bandwidth_bps", "saes", "description"}, {"name", "path"})
+        name = r.string(m["name"], p + ("name",))
+        if name in routes:
+            raise r.fail(p + ("name",), f"duplicate route name {name!r}")
+        path = tuple(node_ref(n, p + ("path", j)) for j, n in enumerate(r.seq(m["path"], p + ("path",))))
+        if len(path) < 2 or len(set(path)) != len(path):
+            raise r.fail(p + ("path",), "a path names at least two nodes, each once")
+        for j, (a, b) in enumerate(zip(path, path[1:])):
+            if frozenset((a, b)) not in joined:
+                raise r.fail(p + ("path", j + 1), f"no fibre or QKD module pair joins {a} and {b}")
+        bw = None
+        if m.get("bandwidth_bps") is not None:
+            bw = int(r.number(m["bandwidth_bps"], p + ("bandwidth_bps",)))
+            if bw > 2**32 - 1:
+                raise r.fail(p + ("bandwidth_bps",), "virt_bandwidth is a uint32 (bit/s)")
+        ids = []
+        for j, sid in enumerate(r.seq(m.get("saes"), p + ("saes",))):
+            sae = saes.get(sid) if isinstance(sid, str) else None
+            if sae is None:
+                raise r.fail(p + ("saes", j), f"no SAE with id {sid!r}")
+            if sae.node not in (path[0], path[-1]):
+                raise r.fail(p + ("saes", j), f"SAE {sid} is on {sae.node}, not on an end of the path")
+            ids.append(sid)
+        routes[name] = RouteSpec(name, path, bw, tuple(ids))
+    return routes

@@ -83,6 +83,7 @@ class SdnAgent:
         else:
             return
         if self.keyplane is not None:
+            self.keyplane.set_routes(list(self.links.values()))  # relay routes hold before <ok/>
             asyncio.get_running_loop().create_task(self.sync())
 
     def abort(self, change: Change) -> None:

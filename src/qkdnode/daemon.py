@@ -17,6 +17,7 @@ from .keyplane import KeyPlane
 from .netconf.server import NetconfServer
 from .qkd015 import node_config_xml
 from .schema import build_context
+from .tapi import Switch, SwitchAgent
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +40,21 @@ class Node:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = self._node_id()
         self.ctx = build_context()
+        switch = cfg.extra.get("switch")
+        self.switch = SwitchAgent(
+            self.ctx,
+            Switch.from_config(switch, cfg.name, self.node_id, cfg.extra.get("modules") or []) if switch else None,
+            lambda: self.keyplane.fabric,
+        )
         self.datastores = Datastores(self.ctx, self.state_dir, self._initial_config)
         self.keyplane = KeyPlane(cfg.name, self.node_id, self.state_dir, cfg.extra)
         self.agent = SdnAgent(self.keyplane)
         self.agent.load(self.datastores.running)
         self.datastores.subsystems.append(self.agent)
         self.datastores.providers.append(self.agent.state)
+        self.switch.load(self.datastores.running)
+        self.datastores.subsystems.append(self.switch)
+        self.datastores.providers.append(self.switch.state)
         self.netconf = NetconfServer(
             self.datastores, cfg.netconf.users, self.state_dir / "ssh_host_ed25519_key", cfg.netconf.limits
         )
@@ -64,13 +74,15 @@ class Node:
         return node_id
 
     def _initial_config(self) -> str:
-        """Running at first start: node identity, one qkd_interface per module, static PHYS links."""
+        """Running at first start: node identity, one qkd_interface per module, static PHYS links;
+        on a node with an optical switch, the TAPI context with one SIP per switch port."""
         return node_config_xml(
             self.node_id, VERSION, self.cfg.location or self.cfg.name, self.cfg.extra.get("modules") or []
-        )
+        ) + self.switch.initial_config_xml()
 
     async def start(self) -> None:
         await self.keyplane.start()
+        await self.switch.start()
         await self.agent.sync()
         self.netconf_port = await self.netconf.start(self.cfg.netconf.host, self.cfg.netconf.port)
         info: dict[str, object] = {
@@ -84,6 +96,7 @@ class Node:
 
     async def stop(self) -> None:
         await self.netconf.stop()
+        await self.switch.stop()
         await self.keyplane.stop()
 
 

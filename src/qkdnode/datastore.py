@@ -210,7 +210,7 @@ class Datastores:
                 work = None  # type: ignore[assignment]
                 raise
             if test_option is not TestOption.SET:
-                work.validate()
+                applied = applied + _deletions(work.validate())
             if test_option is TestOption.TEST_ONLY:
                 return applied
             self._install_candidate(work, applied, validated=test_option is not TestOption.SET)
@@ -237,7 +237,7 @@ class Datastores:
 
     def validate(self, source: Datastore | str) -> None:
         """`<validate>`: a datastore or inline `<config>` content (str)."""
-        if isinstance(source, str):
+        if not isinstance(source, Datastore):  # inline <config> (Datastore is a str enum too)
             tree = DataTree.parse(self.ctx, source, validate=False)
             try:
                 tree.validate()
@@ -246,7 +246,7 @@ class Datastores:
             return
         tree = self.config_tree(source)
         if source is Datastore.CANDIDATE and self._candidate is not None:
-            self._candidate.validate()
+            self._candidate_edits.extend(_deletions(self._candidate.validate()))
             self._candidate_valid = True
         elif source is Datastore.RUNNING:
             probe = tree.dup()
@@ -272,7 +272,7 @@ class Datastores:
                 info={"bad-element": target.value},
             )
         self._check_writable(target, session_id)
-        if isinstance(source, str):
+        if not isinstance(source, Datastore):  # inline <config> (Datastore is a str enum too)
             tree = DataTree.parse(self.ctx, source, validate=False)
         else:
             if source is target:
@@ -301,7 +301,7 @@ class Datastores:
             return None
         new = self._candidate
         if not self._candidate_valid:
-            new.validate()
+            self._candidate_edits.extend(_deletions(new.validate()))
             self._candidate_valid = True
         change = Change(old=self.running, new=new, edits=list(self._candidate_edits), session_id=session_id)
         verified: list[Subsystem] = []
@@ -348,6 +348,11 @@ class Datastores:
         old, self.running = self.running, tree
         self._invalidate(Datastore.RUNNING)
         old.free()
+
+
+def _deletions(paths: list[str]) -> list[AppliedEdit]:
+    """Nodes validation deleted (their 'when' became false): part of the change like any edit."""
+    return [AppliedEdit(EditOp.DELETE, p) for p in paths]
 
 
 def edits_paths(edits: Iterable[AppliedEdit]) -> list[str]:

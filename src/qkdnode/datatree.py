@@ -8,7 +8,9 @@ the handful of operations the datastore needs and turns libyang's stored errors 
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator
 
 import libyang
@@ -172,6 +174,39 @@ class YangDataError(E.RpcErrors):
 Node = Any  # cffi "struct lyd_node *"
 
 
+# Trees not yet freed, per context: id(ctx) -> {id(tree): the tree's root holder}.
+#
+# A libyang context is destroyed by a cffi finalizer (`ffi.gc`). When a context and its trees
+# become cyclic garbage together (a whole node object graph being dropped), the garbage
+# collector runs that finalizer and `DataTree.__del__` in no particular order, and freeing a tree
+# after its context is a use-after-free. Weakref callbacks run before any finalizer, so a guard
+# object kept in the context's __dict__ (libyang's Context takes no weak references itself)
+# frees the remaining trees while the context still exists.
+_LIVE_TREES: dict[int, dict[int, Any]] = {}
+_CTX_GUARDS: dict[int, "weakref.ref[_ContextGuard]"] = {}
+
+
+class _ContextGuard:
+    __slots__ = ("__weakref__",)
+
+
+def _free_context_trees(key: int, _ref: object) -> None:
+    _CTX_GUARDS.pop(key, None)
+    for holder in _LIVE_TREES.pop(key, {}).values():
+        if holder[0] != ffi.NULL:
+            lib.lyd_free_all(holder[0])
+            holder[0] = ffi.NULL
+
+
+def _track(ctx: libyang.Context, tree_id: int, holder: Any) -> None:
+    key = id(ctx)
+    if key not in _CTX_GUARDS:
+        guard = _ContextGuard()
+        ctx._qkdnet_tree_guard = guard  # type: ignore[attr-defined]
+        _CTX_GUARDS[key] = weakref.ref(guard, partial(_free_context_trees, key))
+    _LIVE_TREES.setdefault(key, {})[tree_id] = holder
+
+
 class DataTree:
     """A datastore's content: one libyang sibling list (possibly empty), owned by this object."""
 
@@ -180,6 +215,7 @@ class DataTree:
     def __init__(self, ctx: libyang.Context, root: Node = ffi.NULL) -> None:
         self.ctx = ctx
         self._root = ffi.new("struct lyd_node **", root)
+        _track(ctx, id(self), self._root)
 
     # -- life cycle -------------------------------------------------------------------------
     @classmethod
@@ -228,6 +264,9 @@ class DataTree:
         if self._root[0] != ffi.NULL:
             lib.lyd_free_all(self._root[0])
             self._root[0] = ffi.NULL
+        trees = _LIVE_TREES.get(id(self.ctx))
+        if trees is not None:
+            trees.pop(id(self), None)
 
     def __del__(self) -> None:  # trees are owned: free the C memory with the object
         try:
@@ -250,13 +289,23 @@ class DataTree:
         return node
 
     # -- validation ---------------------------------------------------------------------------
-    def validate(self, *, config_only: bool = True) -> None:
-        """Full validation (when, must, mandatory, unique, leafref); adds implicit defaults."""
+    def validate(self, *, config_only: bool = True) -> list[str]:
+        """Full validation (when, must, mandatory, unique, leafref); adds implicit defaults.
+
+        Returns the paths of the nodes validation deleted: libyang removes data whose 'when'
+        became false (RFC 7950 8.3.2), and a commit must record those deletions too.
+        """
         flags = lib.LYD_VALIDATE_PRESENT
         if config_only:
             flags |= lib.LYD_VALIDATE_NO_STATE
-        if lib.lyd_validate_all(self._root, self.ctx.cdata, flags, ffi.NULL) != lib.LY_SUCCESS:
-            raise YangDataError.from_ctx(self.ctx, "validation failed")
+        diff = ffi.new("struct lyd_node **")
+        try:
+            if lib.lyd_validate_all(self._root, self.ctx.cdata, flags, diff) != lib.LY_SUCCESS:
+                raise YangDataError.from_ctx(self.ctx, "validation failed")
+            return _diff_deletions(self.ctx, diff[0])
+        finally:
+            if diff[0] != ffi.NULL:
+                lib.lyd_free_all(diff[0])
 
     # -- access -------------------------------------------------------------------------------
     def find(self, path: str) -> Node | None:
@@ -351,6 +400,25 @@ def print_nodes(
         return c2str(out[0]) or ""
     finally:
         lib.free(out[0])
+
+
+def _diff_deletions(ctx: libyang.Context, node: Node) -> list[str]:
+    """Paths of the subtrees a libyang diff deletes (metadata yang:operation="delete")."""
+    out: list[str] = []
+    while node != ffi.NULL:
+        op = None
+        meta = node.meta
+        while meta != ffi.NULL:
+            if c2str(meta.name) == "operation" and c2str(meta.annotation.module.name) == "yang":
+                op = c2str(lib.lyd_value_get_canonical(ctx.cdata, ffi.addressof(meta.value)))
+                break
+            meta = meta.next
+        if op == "delete":
+            out.append(node_path(node))
+        elif node.schema != ffi.NULL and node.schema.nodetype & (lib.LYS_CONTAINER | lib.LYS_LIST):
+            out += _diff_deletions(ctx, lib.lyd_child(node))
+        node = node.next
+    return out
 
 
 def node_path(node: Node) -> str:

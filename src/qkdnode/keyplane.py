@@ -15,9 +15,12 @@ from typing import Any, Callable
 
 from .devices.keysource import ModuleKeySource
 from .devices.module import ModuleConfig, ModuleStatus, QKDModule
-from .keystore.etsi014 import Etsi014Server, NeighbourResolver, SaeDirectory, start_etsi014_server
+from .keystore.etsi004 import Etsi004Kms, peers_from_config, start_etsi004_server
+from .keystore.etsi014 import Etsi014Server, NeighbourResolver, SaeDirectory
 from .keystore.feeder import ModuleFeeder
 from .keystore.store import KeyStore
+from .forwarder import Forwarder, Neighbour, attach_to_014
+from .qrng import QrngClient
 from .lightpath import DARK_LOSS_DB, FabricClient, Light
 from .pki import CertPaths, client_context, server_context
 from .qkd015 import LinkConfig
@@ -68,7 +71,10 @@ class KeyPlane:
         self.store: KeyStore | None = None
         self.etsi014: Etsi014Server | None = None
         self.etsi014_port = 0
+        self.etsi004: Etsi004Kms | None = None
+        self.etsi004_port = 0
         self.resolver: NeighbourResolver | None = None
+        self.forwarder: Forwarder | None = None  # key relay (gRPC) along VIRT links
         self.link_listeners: list[Callable[[str, ModuleStatus], None]] = []
         self.perf_listeners: list[Callable[[str, ModuleStatus], None]] = []
         self.fabric: FabricClient | None = None
@@ -88,19 +94,52 @@ class KeyPlane:
                 await self._start_module(rt, str(rt.spec["pairs_with"]), float(rt.spec.get("loss_db", 0.0)),
                                          rt.spec["channel"], peer.get("node_id"), peer.get("qkdi_id"))
         fabric = self.extra.get("fabric")
-        if fabric and self.modules:
+        if fabric and (self.modules or self.extra.get("switch")):  # a switch reports its cross-connects
             self.fabric = FabricClient(str(fabric["url"]), {str(rt.spec["name"]) for rt in self.modules.values()},
                                        self._light_changed)
             await self.fabric.start()
         saes = {s["id"]: s["node_id"] for s in self.extra.get("saes") or []}
         directory = SaeDirectory(self.node_id, saes)
         self.resolver = NeighbourResolver(directory, {})
+        self.forwarder = self._make_forwarder()
         api = self.extra.get("etsi014")
         if api is not None:
-            self.etsi014, self.etsi014_port = await start_etsi014_server(
-                self.store, directory, self.resolver, server_context(self.pki),
-                host=str(api.get("host", "127.0.0.1")), port=int(api.get("port", 0)),
+            self.etsi014 = Etsi014Server(self.store, directory, self.resolver, server_context(self.pki),
+                                         host=str(api.get("host", "127.0.0.1")), port=int(api.get("port", 0)))
+            attach_to_014(self.etsi014, self.forwarder, self.resolver)  # relayed keys within enc_keys
+            self.etsi014_port = await self.etsi014.start()
+        fwd = self.extra.get("forwarder")
+        if fwd is not None:
+            await self.forwarder.start(str(fwd.get("host", "127.0.0.1")), int(fwd.get("port", 0)))
+        api004 = self.extra.get("etsi004")
+        if api004 is not None:  # ETSI GS QKD 004 (gRPC, mTLS); peer KMSes from the `peers` map
+            self.etsi004, self.etsi004_port = await start_etsi004_server(
+                self.store, directory, self.resolver, self.node_name, peers_from_config(self.extra.get("peers")),
+                self.pki, host=str(api004.get("host", "127.0.0.1")), port=int(api004.get("port", 0)),
+                rate_of=self._key_rate,
             )
+
+    def _make_forwarder(self) -> Forwarder:
+        assert self.store is not None and self.pki is not None
+        # the forwarder's neighbours (node config `forwarder.neighbours`): name = certificate CN
+        neighbours = [Neighbour(str(nb["name"]), str(nb["node_id"]), nb.get("host"), nb.get("port"))
+                      for nb in (self.extra.get("forwarder") or {}).get("neighbours") or []]
+        qrng = self.extra.get("qrng")
+        entropy = None
+        if qrng:
+            url = str(qrng["url"])
+            entropy = QrngClient(url, client_context(self.pki) if url.startswith("https:") else None)
+        return Forwarder(self.node_name, self.node_id, self.store, self.pki, neighbours=neighbours,
+                         links=self._phys_links, entropy=entropy)
+
+    def _phys_links(self) -> dict[str, str]:
+        """PHYS link key associations in service (fed by a module): qkdl_id -> remote qkdn_id."""
+        return {q: lr.link.remote_node for q, lr in self.links.items() if lr.feeder is not None and lr.link.remote_node}
+
+    def set_routes(self, links: list[LinkConfig]) -> None:
+        """The key relay route table (VIRT links); synchronous, so a commit's routes hold at once."""
+        if self.forwarder is not None:
+            self.forwarder.set_routes(links)
 
     async def _start_module(self, rt: ModuleRuntime, peer: str, loss_db: float, channel: dict[str, Any],
                             peer_node_id: str | None, peer_qkdi: int | None) -> None:
@@ -166,8 +205,12 @@ class KeyPlane:
         for lr in self.links.values():
             if lr.feeder is not None:
                 await lr.feeder.stop()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
         if self.etsi014 is not None:
             await self.etsi014.stop()
+        if self.etsi004 is not None:
+            await self.etsi004.stop()
         for rt in self.modules.values():
             await self._stop_module(rt)
         if self.store is not None:
@@ -228,6 +271,7 @@ class KeyPlane:
             self.resolver.routes.clear()
             self.resolver.routes.update({lr.link.remote_node: q for q, lr in self.links.items()
                                          if lr.feeder is not None and lr.link.remote_node})
+        self.set_routes(links)
 
     def _link_of(self, qkdi_id: int) -> str | None:
         for q, lr in self.links.items():
@@ -258,6 +302,11 @@ class KeyPlane:
                 st = rt.module.status()
                 out[q] = "ENABLED" if st.up or st.connected else "FAILED"
         return out
+
+    def _key_rate(self, assoc_id: str) -> float | None:
+        """Secret key rate (bit/s) of the module behind a link association, for 004 QoS checks."""
+        st = self.link_states().get(assoc_id)
+        return st.skr_bps if st is not None else None
 
     def link_states(self) -> dict[str, ModuleStatus]:
         return {q: lr.runtime.module.status() for q, lr in self.links.items() if lr.runtime.module is not None}

@@ -71,10 +71,15 @@ class FabricClient:
         if self._session is not None:
             await self._session.close()
 
-    async def report_switch(self, switch: str, cross_connects: list[list[int]]) -> None:
+    async def report_switch(self, switch: str, cross_connects: list[list[int]],
+                            frequencies: dict[str, int | None] | None = None) -> None:
+        """Set a switch's cross-connects (`[p, q]` or `[p, q, lower_mhz, upper_mhz]`); `frequencies`:
+        what the node's transmitters emit (MHz), for tracing light through band-limited ones."""
         assert self._session is not None
-        async with self._session.put(f"{self.url}/switches/{switch}/cross-connects",
-                                     json={"cross_connects": cross_connects}) as r:
+        body: dict[str, Any] = {"cross_connects": cross_connects}
+        if frequencies:
+            body["frequencies"] = frequencies
+        async with self._session.put(f"{self.url}/switches/{switch}/cross-connects", json=body) as r:
             if r.status != 200:
                 raise RuntimeError(f"the switch fabric refused the cross-connects: {(await r.json()).get('message')}")
 

@@ -73,8 +73,8 @@ def _configure_libyang_logging() -> None:
     _logging_configured = True
 
 
-def build_context(extra_dirs: tuple[Path, ...] = (), with_tapi: bool = False) -> libyang.Context:
-    """A compiled context with every served module implemented."""
+def build_context(extra_dirs: tuple[Path, ...] = (), with_tapi: bool = True) -> libyang.Context:
+    """A compiled context with every served module implemented (TAPI too, unless `with_tapi=False`)."""
     _configure_libyang_logging()
     search = [project_yang_dir(), *extra_dirs, ietf_yang_dir()]
     ctx = libyang.Context(":".join(str(p) for p in search))

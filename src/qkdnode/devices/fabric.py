@@ -6,6 +6,13 @@ node's modules learn from it which receiver their light reaches and through how 
 (fibre + switch insertion + mux losses along the cross-connected path). `qkdnet fibre cut` and
 `restore` act here. Plain HTTP on loopback: it stands for glass, not for a management interface.
 
+A cross-connect is `[p, q]` (broadband: the whole fibre passes) or `[p, q, lower_mhz, upper_mhz]`
+(only that band passes, like a wavelength-selective switch). A port may carry several cross-connects
+when their bands are disjoint (WDM add/drop); light is traced by its transmitter's frequency
+(`frequency_mhz` of the module in the plant spec, or reported by the switch's node with its
+cross-connects). A transmitter of unknown frequency passes a band-limited port only when that port
+has a single cross-connect.
+
     python -m qkdnode.devices.fabric --plant plant.json --port N
 """
 
@@ -25,7 +32,33 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 Port = tuple[str, int]  # (switch name, port number)
+Band = tuple[int, int]  # (lower, upper) frequency, MHz; half-open: [lower, upper)
 DARK_LOSS_DB = 99.0
+
+
+def bands_overlap(a: Band | None, b: Band | None) -> bool:
+    """None is the whole fibre, which overlaps everything."""
+    if a is None or b is None:
+        return True
+    return a[0] < b[1] and b[0] < a[1]
+
+
+@dataclass(frozen=True)
+class CrossConnect:
+    a: int
+    b: int
+    band: Band | None = None  # None: broadband
+
+    def other(self, port: int) -> int:
+        return self.b if port == self.a else self.a
+
+    def passes(self, frequency_mhz: int | None) -> bool:
+        if self.band is None:
+            return True
+        return frequency_mhz is not None and self.band[0] <= frequency_mhz < self.band[1]
+
+    def to_json(self) -> list[int]:
+        return [self.a, self.b, *self.band] if self.band is not None else [self.a, self.b]
 
 
 @dataclass
@@ -52,7 +85,18 @@ class Switch:
     node: str
     insertion_loss_db: float
     ports: int
-    cross_connects: dict[int, int] = field(default_factory=dict)  # both directions
+    cross_connects: dict[int, list[CrossConnect]] = field(default_factory=dict)  # port -> its cross-connects
+
+    def route(self, port: int, frequency_mhz: int | None) -> int | None:
+        """The port light entering `port` leaves by (None: blocked, no cross-connect passes it)."""
+        xcs = self.cross_connects.get(port) or []
+        if frequency_mhz is None:
+            # unknown wavelength: only an unambiguous cross-connect takes it
+            return xcs[0].other(port) if len(xcs) == 1 else None
+        for xc in xcs:
+            if xc.passes(frequency_mhz):
+                return xc.other(port)
+        return None
 
 
 @dataclass
@@ -66,6 +110,7 @@ class ModulePlace:
     channel: dict[str, Any] | None
     node_id: str | None = None
     qkdi_id: int | None = None
+    frequency_mhz: int | None = None  # what the transmitter emits (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -90,7 +135,8 @@ class Plant:
         }
         self.modules = {
             n: ModulePlace(n, m["node"], m["role"], m["technology"], m.get("switch"), m.get("port"), m.get("channel"),
-                           m.get("node_id"), m.get("qkdi_id"))
+                           m.get("node_id"), m.get("qkdi_id"),
+                           int(m["frequency_mhz"]) if m.get("frequency_mhz") is not None else None)
             for n, m in (spec.get("modules") or {}).items()
         }
         self.fibres: dict[str, Fibre] = {}
@@ -109,19 +155,38 @@ class Plant:
         self._port_module = {(m.switch, m.port): m.name for m in self.modules.values() if m.switch}
 
     # -- changes ----------------------------------------------------------------------------------
-    def set_cross_connects(self, switch: str, pairs: list[tuple[int, int]]) -> None:
+    def set_cross_connects(self, switch: str, entries: list[list[int]] | list[tuple[int, ...]]) -> None:
+        """Replace a switch's cross-connects: `[p, q]` or `[p, q, lower_mhz, upper_mhz]` each."""
         sw = self.switches[switch]
-        xc: dict[int, int] = {}
-        for p, q in pairs:
+        xc: dict[int, list[CrossConnect]] = {}
+        for entry in entries:
+            if len(entry) not in (2, 4):
+                raise ValueError(f"a cross-connect is [p, q] or [p, q, lower_mhz, upper_mhz], not {list(entry)}")
+            p, q = int(entry[0]), int(entry[1])
+            band = (int(entry[2]), int(entry[3])) if len(entry) == 4 else None
+            if p == q:
+                raise ValueError(f"{switch} port {p} cross-connected to itself")
+            if band is not None and band[0] >= band[1]:
+                raise ValueError(f"empty band {band[0]}-{band[1]} MHz")
+            new = CrossConnect(p, q, band)
             for port in (p, q):
                 if not 1 <= port <= sw.ports:
                     raise ValueError(f"{switch} has no port {port}")
-                if port in xc:
-                    raise ValueError(f"{switch} port {port} used twice")
-            xc[p], xc[q] = q, p
+                for old in xc.get(port, []):
+                    if bands_overlap(old.band, band):
+                        raise ValueError(f"{switch} port {port} used twice in overlapping bands")
+                xc.setdefault(port, []).append(new)
         if xc != sw.cross_connects:
             sw.cross_connects = xc
             self.version += 1
+
+    def set_frequencies(self, frequencies: dict[str, int | None]) -> None:
+        """What transmitters emit, as their nodes know it."""
+        for name, f in frequencies.items():
+            m = self.modules.get(name)
+            if m is not None and m.frequency_mhz != f:
+                m.frequency_mhz = None if f is None else int(f)
+                self.version += 1
 
     def groups(self) -> set[str]:
         return {f.group for f in self.fibres.values()}
@@ -164,7 +229,7 @@ class Plant:
                 return LightPath(m.name, None, DARK_LOSS_DB, tuple(hops))  # a loop is dark
             seen.add(at)
             sw = self.switches[at[0]]
-            out = sw.cross_connects.get(at[1])
+            out = sw.route(at[1], m.frequency_mhz)
             if out is None:
                 return LightPath(m.name, None, DARK_LOSS_DB, tuple(hops))
             loss += sw.insertion_loss_db
@@ -215,6 +280,7 @@ class FabricService:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_put("/switches/{name}/cross-connects", self.put_cross_connects)
+        app.router.add_get("/switches/{name}/cross-connects", self.get_cross_connects)
         app.router.add_post("/fibres/{name}/{action:cut|restore}", self.fibre_action)
         app.router.add_get("/fibres", self.get_fibres)
         app.router.add_get("/lightpaths", self.get_light_paths)
@@ -226,12 +292,22 @@ class FabricService:
             return web.json_response({"message": f"no switch {name}"}, status=404)
         try:
             body = await request.json()
-            pairs = [(int(p), int(q)) for p, q in body["cross_connects"]]
-            self.plant.set_cross_connects(name, pairs)
+            entries = [[int(v) for v in entry] for entry in body["cross_connects"]]
+            frequencies = body.get("frequencies") or {}
+            self.plant.set_cross_connects(name, entries)
+            self.plant.set_frequencies({str(k): None if v is None else int(v) for k, v in frequencies.items()})
         except (ValueError, KeyError, TypeError) as exc:
             return web.json_response({"message": f"bad cross-connects: {exc}"}, status=400)
         await self._notify()
         return web.json_response({"version": self.plant.version})
+
+    async def get_cross_connects(self, request: web.Request) -> web.Response:
+        sw = self.plant.switches.get(request.match_info["name"])
+        if sw is None:
+            return web.json_response({"message": f"no switch {request.match_info['name']}"}, status=404)
+        unique = {id(xc): xc for xcs in sw.cross_connects.values() for xc in xcs}
+        entries = sorted(xc.to_json() for xc in unique.values())
+        return web.json_response({"switch": sw.name, "cross_connects": entries, "version": self.plant.version})
 
     async def fibre_action(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

@@ -40,7 +40,7 @@ from ..pki import CertPaths
 from . import etsi004_pb2 as pb
 from . import etsi004_pb2_grpc as pb_grpc
 from .committer import GroupCommitter
-from .errors import InsufficientKeys, KeyStoreError, UnknownAssociation
+from .errors import InsufficientKeys, KeysNotAvailable, KeyStoreError, UnknownAssociation
 from .etsi014 import AssociationResolver, SaeDirectory
 from .store import KeyStore
 from .types import Association, MasterRequest, SlaveRequest
@@ -73,6 +73,10 @@ class Etsi004Error(Exception):
 
 class InsufficientKey(Etsi004Error):
     status = pb.INSUFFICIENT_KEY
+
+
+class KeyGone(InsufficientKey):
+    """The key of an index was delivered already, expired or was released: waiting cannot help."""
 
 
 class PeerAppNotConnected(Etsi004Error):
@@ -176,6 +180,24 @@ def peers_from_config(raw: Mapping[str, Any] | None) -> dict[str, PeerKms]:
     return out
 
 
+class IndexSet:
+    """A set of stream indices, small when they come mostly in order: all below `floor`, and `above`."""
+
+    def __init__(self) -> None:
+        self.floor = 0
+        self.above: set[int] = set()
+
+    def __contains__(self, index: int) -> bool:
+        return index < self.floor or index in self.above
+
+    def add(self, index: int) -> None:
+        if index >= self.floor:
+            self.above.add(index)
+            while self.floor in self.above:
+                self.above.remove(self.floor)
+                self.floor += 1
+
+
 @dataclass
 class Stream:
     """One key stream as this KMS sees it (the 'local' SAE is attached here)."""
@@ -191,19 +213,38 @@ class Stream:
     local_open: bool = False
     peer_open: bool = False
     next_index: int = 0
-    delivered: set[int] = field(default_factory=set)  # indices delivered to the local application
-    assigned: dict[int, list[str]] = field(default_factory=dict)  # master: index -> key IDs
-    held: dict[int, tuple[bytearray, float]] = field(default_factory=dict)  # master: for the local app
+    delivered: IndexSet = field(default_factory=IndexSet)  # indices delivered to the local application
+    # master: key IDs of each index until both ends are done with it (then 'retired')
+    assigned: dict[int, list[str]] = field(default_factory=dict)
+    held: dict[int, tuple[bytearray, float]] = field(default_factory=dict)  # key bytes for the local app
+    peer_asked: set[int] = field(default_factory=set)  # indices whose key IDs the peer KMS has
+    retired: IndexSet = field(default_factory=IndexSet)
+    ids_cache: dict[int, list[str]] = field(default_factory=dict)  # not master: from Assign, until delivered
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def saes(self) -> tuple[str, str]:
         """(master SAE, slave SAE) for the key store ledger: the master end's SAE first."""
         return (self.local_sae, self.remote_sae) if self.master else (self.remote_sae, self.local_sae)
 
+    def drop_held(self, index: int) -> bytes:
+        """The held key bytes of `index` (zeroed in the holder), retiring the index if the peer is done."""
+        buf, _ = self.held.pop(index)
+        key = bytes(buf)
+        buf[:] = bytes(len(buf))
+        self.retire(index)
+        return key
+
+    def retire(self, index: int) -> None:
+        """Master: forget the key IDs of an index once neither end can still need them."""
+        if index in self.peer_asked and index not in self.held:
+            self.peer_asked.discard(index)
+            self.assigned.pop(index, None)
+            self.retired.add(index)
+
     def wipe(self) -> None:
-        for buf, _ in self.held.values():
-            buf[:] = bytes(len(buf))
-        self.held.clear()
+        for index in list(self.held):
+            self.drop_held(index)
+        self.ids_cache.clear()
 
 
 def parse_sae(text: str) -> str:
@@ -422,14 +463,13 @@ class Etsi004Kms:
                 key, meta = await self._one_chunk(st, index, want_meta, deadline)
                 break
             except (InsufficientKey, PeerAppNotConnected) as e:
-                if deadline is None or index in st.delivered:
+                if deadline is None or isinstance(e, KeyGone):
                     raise
                 left = deadline - loop.time()
                 if left <= 0:
                     raise StreamTimeout(f"timeout after {qos.timeout} ms: {e.message}") from None
                 await asyncio.sleep(min(POLL, left))
-        if index == st.next_index or (index - st.next_index) % UINT32 < UINT32 // 2:
-            st.next_index = (index + 1) % UINT32
+        st.next_index = max(st.next_index, index + 1) % UINT32
         out = pb.GetKeyResponse(status=pb.SUCCESSFUL, index=index, key_buffer=key)
         if meta is not None:
             out.metadata.CopyFrom(pb.Metadata(size=len(meta), buffer=meta))
@@ -439,33 +479,39 @@ class Etsi004Kms:
                          deadline: float | None) -> tuple[bytes, bytes | None]:
         async with st.lock:
             if index in st.delivered:
-                raise InsufficientKey(f"index {index} of stream {st.ksid} was already delivered")
+                raise KeyGone(f"index {index} of stream {st.ksid} was already delivered")
             if not st.local_open:
                 raise NoQkdConnection(f"key stream {st.ksid} was closed")
             if st.master:
                 ids = await self._assign(st, index, peer_side=False)
                 meta = _metadata(index, ids, want_meta)
-                buf, _ = st.held.pop(index)
-                key = bytes(buf)
-                buf[:] = bytes(len(buf))
-            else:
-                timeout = PEER_TIMEOUT
-                if deadline is not None:
-                    timeout = max(min(PEER_TIMEOUT, deadline - asyncio.get_running_loop().time()), 0.001)
-                reply = await self._call_peer(st.peer, "Assign", pb.AssignRequest(
-                    key_stream_id=st.ksid, index=index), timeout)
-                if reply.status != pb.SUCCESSFUL:
-                    raise _status_error(reply.status, f"KMS {st.peer.name}: {reply.message}")
-                ids = list(reply.key_ids)
-                meta = _metadata(index, ids, want_meta)  # before taking: status 8 consumes nothing
-                master_sae, slave_sae = st.saes()
-                try:
-                    got = await self.committer.deliver(SlaveRequest(st.assoc, tuple(ids), master_sae, slave_sae))
-                except KeyStoreError as e:
-                    raise InsufficientKey(f"keys of index {index} not available here: {e.message}") from None
-                key = b"".join(k for _, k in got)
+                st.delivered.add(index)
+                return st.drop_held(index), meta
+            ids = st.ids_cache.get(index) or await self._ask_master(st, index, deadline)
+            st.ids_cache[index] = ids  # until delivered: retries never ask the master again
+            meta = _metadata(index, ids, want_meta)  # before taking: status 8 consumes nothing
+            master_sae, slave_sae = st.saes()
+            try:
+                got = await self.committer.deliver(SlaveRequest(st.assoc, tuple(ids), master_sae, slave_sae))
+            except KeysNotAvailable as e:
+                if all(d.get("reason") == "unknown" for d in e.details):  # not ingested here yet
+                    raise InsufficientKey(f"keys of index {index} have not reached {self.node_name} yet") from None
+                raise KeyGone(f"keys of index {index} not available here: {e.message}") from None
+            except KeyStoreError as e:
+                raise InsufficientKey(f"keys of index {index}: {e.message}") from None
+            del st.ids_cache[index]
             st.delivered.add(index)
-            return key, meta
+            return b"".join(k for _, k in got), meta
+
+    async def _ask_master(self, st: Stream, index: int, deadline: float | None) -> list[str]:
+        timeout = PEER_TIMEOUT
+        if deadline is not None:
+            timeout = max(min(PEER_TIMEOUT, deadline - asyncio.get_running_loop().time()), 0.001)
+        reply = await self._call_peer(st.peer, "Assign", pb.AssignRequest(key_stream_id=st.ksid, index=index),
+                                      timeout)
+        if reply.status != pb.SUCCESSFUL:
+            raise _status_error(reply.status, f"KMS {st.peer.name}: {reply.message}")
+        return list(reply.key_ids)
 
     async def _assign(self, st: Stream, index: int, *, peer_side: bool) -> list[str]:
         """Master only, under st.lock: the key IDs backing `index`, taking keys if it is new.
@@ -473,10 +519,12 @@ class Etsi004Kms:
         peer_side: asked by the peer KMS (needs the local application connected), else by the local
         application (needs the peer application connected)."""
         self._expire(st)
+        if index in st.retired:
+            raise KeyGone(f"index {index} of stream {st.ksid} was delivered at both ends")
         ids = st.assigned.get(index)
         if ids is not None:
             if not peer_side and index not in st.held:
-                raise InsufficientKey(f"the key of index {index} expired (TTL) or was released")
+                raise KeyGone(f"the key of index {index} expired (TTL) or was released")
             return ids
         if not (st.local_open if peer_side else st.peer_open):
             raise PeerAppNotConnected(f"the peer application of stream {st.ksid} is not connected")
@@ -504,8 +552,7 @@ class Etsi004Kms:
             return
         now = asyncio.get_running_loop().time()
         for i in [i for i, (_, t) in st.held.items() if now - t > ttl]:
-            buf, _ = st.held.pop(i)
-            buf[:] = bytes(len(buf))
+            st.drop_held(i)
 
     # -- CLOSE ----------------------------------------------------------------------------------
     async def close(self, req: pb.CloseRequest, caller: str) -> pb.CloseResponse:
@@ -556,6 +603,8 @@ class Etsi004Kms:
             raise Refused(grpc.StatusCode.FAILED_PRECONDITION, f"{self.node_name} is not master of {st.ksid}")
         async with st.lock:
             ids = await self._assign(st, req.index, peer_side=True)
+            st.peer_asked.add(req.index)
+            st.retire(req.index)
         return pb.AssignResponse(status=pb.SUCCESSFUL, key_ids=ids)
 
     async def peer_close(self, req: pb.PeerCloseRequest, peer: PeerKms) -> pb.PeerCloseResponse:

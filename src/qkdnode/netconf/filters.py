@@ -6,7 +6,6 @@ elements of the printed data. XPath filters are evaluated by libyang on the data
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Iterable
 
@@ -62,66 +61,78 @@ def _is_content_match(f: etree._Element) -> bool:
     return len(f) == 0 and bool((f.text or "").strip())
 
 
-def _filter_siblings(
-    data: list[etree._Element], filters: list[etree._Element], keys: ListKeys
-) -> list[etree._Element]:
-    out: list[etree._Element] = []
-    seen: set[int] = set()
+def _mark_siblings(
+    data: list[etree._Element], filters: list[etree._Element], keys: ListKeys,
+    keep: dict[etree._Element, bool],
+) -> bool:
+    """Mark the data elements the filters select (True: the whole subtree); sibling filters OR."""
+    found = False
     for d in data:
         for f in filters:
-            if not _qname_matches(f, d) or _is_content_match(f):
-                continue
-            kept = _filter_element(d, f, keys)
-            if kept is not None and id(d) not in seen:
-                seen.add(id(d))
-                out.append(kept)
-    return out
+            if _qname_matches(f, d) and not _is_content_match(f) and _mark_element(d, f, keys, keep):
+                found = True
+    return found
 
 
-def _filter_element(d: etree._Element, f: etree._Element, keys: ListKeys) -> etree._Element | None:
+def _mark_element(d: etree._Element, f: etree._Element, keys: ListKeys, keep: dict[etree._Element, bool]) -> bool:
     fchildren = [c for c in f if isinstance(c.tag, str)]
     if not fchildren:
-        return copy.deepcopy(d)  # selection node
+        keep[d] = True  # selection node
+        return True
     dchildren = [c for c in d if isinstance(c.tag, str)]
     matches = [c for c in fchildren if _is_content_match(c)]
     for m in matches:
         want = (m.text or "").strip()
         if not any(_qname_matches(m, c) and (c.text or "").strip() == want for c in dchildren):
-            return None
+            return False
     others = [c for c in fchildren if not _is_content_match(c)]
     if not others:
-        return copy.deepcopy(d)
-    result = etree.Element(d.tag, nsmap=d.nsmap)
+        keep[d] = True
+        return True
+    sub: dict[etree._Element, bool] = {}
+    if not _mark_siblings(dchildren, others, keys, sub) and not matches:
+        return False
+    # list keys and content-match leaves are always returned with the selected descendants
     key_names = set(keys.for_element(d))
-    picked = _filter_siblings(dchildren, others, keys)
-    if not picked and not matches:
-        return None
-    # keys and content-match leaves first, in data order, then the selected descendants
     for c in dchildren:
-        local = etree.QName(c).localname
-        if local in key_names or any(_qname_matches(m, c) for m in matches):
-            result.append(copy.deepcopy(c))
-    have = {etree.QName(c).localname for c in result}
-    for p in picked:
-        if etree.QName(p).localname in key_names and etree.QName(p).localname in have:
-            continue
-        result.append(p)
-    return result
+        if etree.QName(c).localname in key_names or any(_qname_matches(m, c) for m in matches):
+            sub[c] = True
+    keep.setdefault(d, False)
+    for el, whole in sub.items():
+        keep[el] = keep.get(el, False) or whole
+    return True
+
+
+def _prune(el: etree._Element, keep: dict[etree._Element, bool]) -> None:
+    for c in list(el):
+        whole = keep.get(c) if isinstance(c.tag, str) else None
+        if whole is None:
+            el.remove(c)
+        elif not whole:
+            _prune(c, keep)
 
 
 def subtree_filter(data_xml: str, filter_el: etree._Element, keys: ListKeys) -> str:
-    """Apply a subtree filter to printed data (siblings of top-level elements)."""
+    """Apply a subtree filter to printed data (siblings of top-level elements).
+
+    The data are pruned in place rather than copied into new parents: lxml drops a copied
+    element's namespace declarations whose URI its new parent already binds, even when the
+    prefix is still used in an identityref value (e.g. `<format>ncm:yang</format>`).
+    """
     fchildren = [c for c in filter_el if isinstance(c.tag, str)]
     if not fchildren:
         return ""  # an empty filter selects nothing (RFC 6241 6.4.2)
     if not data_xml:
         return ""
     root = etree.fromstring(f"<data>{data_xml}</data>".encode(), _PARSER)
-    kept = _filter_siblings([c for c in root if isinstance(c.tag, str)], fchildren, keys)
-    return "".join(etree.tostring(k, encoding="unicode") for k in kept)
+    keep: dict[etree._Element, bool] = {}
+    _mark_siblings([c for c in root if isinstance(c.tag, str)], fchildren, keys, keep)
+    _prune(root, keep)
+    return "".join(etree.tostring(k, encoding="unicode", with_tail=False) for k in root)
 
 
 _NAME = re.compile(r"(?<![\w.'\"-])([A-Za-z_][\w.-]*):(?=[A-Za-z_*])")
+_QNAME_LITERAL = re.compile(r"([A-Za-z_][\w.-]*):([A-Za-z_][\w.-]*)")
 
 
 def xpath_to_libyang(select: str, nsmap: dict[str | None, str], ctx: libyang.Context) -> str:
@@ -144,9 +155,16 @@ def xpath_to_libyang(select: str, nsmap: dict[str | None, str], ctx: libyang.Con
             raise E.UnknownNamespace(message=f"no module with namespace {ns}", info={"bad-namespace": ns})
         return f"{module}:"
 
-    # do not touch quoted literals
+    def literal(p: str) -> str:
+        # an identity literal ('prefix:NAME', as in qkdl_type = 't:VIRT') uses the filter's
+        # prefixes too; libyang compares identityref values with module-name prefixes
+        m = _QNAME_LITERAL.fullmatch(p[1:-1])
+        if m is None or m.group(1) not in nsmap or nsmap[m.group(1)] not in ns_to_module:
+            return p
+        return f"{p[0]}{ns_to_module[nsmap[m.group(1)]]}:{m.group(2)}{p[0]}"
+
     parts = re.split(r"('[^']*'|\"[^\"]*\")", select)
-    return "".join(p if p[:1] in "'\"" else _NAME.sub(repl, p) for p in parts)
+    return "".join(literal(p) if p[:1] in "'\"" else _NAME.sub(repl, p) for p in parts)
 
 
 def xpath_filter(tree: DataTree, select: str, nsmap: dict[str | None, str], with_defaults: str) -> str:

@@ -55,6 +55,8 @@ class FrameDecoder:
                 if len(self._buf) > self.max_message + len(EOM):
                     raise MessageTooBig(f"message exceeds {self.max_message} bytes")
                 return out
+            if idx > self.max_message:
+                raise MessageTooBig(f"message exceeds {self.max_message} bytes")
             out.append(bytes(self._buf[:idx]))
             del self._buf[: idx + len(EOM)]
             if self.framing is Framing.CHUNKED:  # pragma: no cover - switch happens between calls

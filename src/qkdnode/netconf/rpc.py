@@ -254,6 +254,8 @@ class RpcDispatcher:
         if session.subscribed:
             raise E.InUse(message="this session already has a subscription", error_type=E.ErrorType.PROTOCOL)
         fel = child("filter")
+        if fel is None:  # ncclient (and others) send the filter in the base namespace
+            fel = _child(op, "filter")
         ftype, fel = parse_filter(fel)
         if ftype == "xpath":
             raise E.OperationNotSupported(message="notification filters must be subtree filters",

@@ -1,0 +1,594 @@
+"""The key forwarder of one node: two-pass hop-by-hop relay of keys along VIRT links.
+
+Protocol (relay.proto; wire and MAC in mac.py; route encoding in routes.py)
+--------------------------------------------------------------------------
+The origin (an end node of the VIRT link whose SAE called enc_keys) relays N fresh keys to the
+other end (the target):
+
+1. **Prepare**, origin -> target, hop by hop, nested (each node answers after its downstream did).
+   Every sender picks the PHYS link to its next hop and *reserves* the link keys the hop will take
+   (pad + MAC key, `link_keys_needed`) against the free keys of its master-parity half; nothing is
+   taken from the key store. Both ends reserve room for N keys in their relay key association.
+   The receiver of each hop checks that the caller is the previous hop of the route and waits
+   (bounded) until its copy of the link key stream reaches the keys the sender will use. Any
+   failure (no route, link key short, store full, unknown neighbour) unwinds every reservation
+   upstream: nothing is consumed anywhere. Reservations expire after `PREPARE_TTL_S`.
+2. **Commit**, origin -> target, nested the same way. Every sender takes its reserved link keys
+   (`take_for_master`, oldest first), pads the keys and tags the message; the receiver takes
+   exactly the named link keys (`take_by_ids`, all or nothing), verifies the tag, decrypts and, as
+   a sender, re-encrypts with its own next link's keys. The target stores the keys durably in its
+   relay association, then every node answers upstream; the origin stores its own copy and only
+   then does enc_keys answer. A hop that fails takes nothing more and aborts the reservations
+   downstream; hops before it have consumed their link keys (the price of a tampered message).
+
+Each relayed bit consumes one link bit per hop, plus one 256-bit MAC key per message and hop
+(with 256-bit link keys; other sizes round up to whole link keys). Relayed keys are stored with
+local seqs of the origin's parity (0: `qkdl_local` end, 1: `qkdl_remote` end): both ends hold the
+same key IDs, and only the origin's SAEs may take them with enc_keys, the other end's by ID.
+Key bytes never leave this module except through the key store and the gRPC messages (encrypted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..keystore.committer import GroupCommitter
+from ..keystore.errors import (
+    AssociationConflict,
+    KeySizeNotSupported,
+    KeysNotAvailable,
+    KeyStoreError,
+    RequestLimitExceeded,
+    UnknownAssociation,
+)
+from ..keystore.store import KeyStore
+from ..keystore.types import Delivery, MasterRequest, SlaveRequest, Stats, parse_key_id
+from ..pki import CertPaths
+from ..qkd015 import LinkConfig
+from .errors import (
+    BadRelayMessage,
+    EntropyUnavailable,
+    LinkKeyMismatch,
+    LinkKeyShort,
+    MacMismatch,
+    NoRoute,
+    NotNeighbour,
+    RateLimited,
+    RelayError,
+    RelayStoreFull,
+    RelayUnavailable,
+    UnknownRelay,
+)
+from .mac import TAG_BYTES, authenticated_bytes, link_keys_needed, split_material, wc_tag, wc_verify, xor
+from .routes import RelayRoute, TokenBucket, routes_from_links
+from .service import Neighbour, NeighbourChannels, RelayServer, pb
+
+log = logging.getLogger(__name__)
+
+RELAY_KEY_SIZE_BITS = 256
+PREPARE_TTL_S = 30.0
+CALL_TIMEOUT_S = 15.0
+LINK_SEQ_WAIT_S = 1.0
+BANDWIDTH_WAIT_S = 0.25
+MAX_KEYS_PER_RELAY = 4096
+MAX_HOPS = 64
+
+Entropy = Callable[[int], Awaitable[bytes]]
+LinkProvider = Callable[[], dict[str, str]]
+"""PHYS link key associations of this node in service: qkdl_id -> remote qkdn_id."""
+
+
+@dataclass
+class Pending:
+    """A prepared relay at this node: what was reserved, where the keys come from and go."""
+
+    relay_id: str
+    route_id: str
+    origin: str
+    target: str
+    hop: int
+    n: int
+    key_size_bits: int
+    parity: int  # seq parity of these keys in the relay association (the origin's)
+    upstream: Neighbour | None
+    in_link: str | None
+    in_link_keys: int
+    downstream: Neighbour | None = None
+    out_link: str | None = None
+    out_link_keys: int = 0  # reserved, not yet taken
+    room: int = 0  # reserved room in the relay association (ends only)
+    hops: int = 0  # hops from this node to the target
+    expires: float = field(default_factory=lambda: time.monotonic() + PREPARE_TTL_S)
+
+
+async def _urandom(n: int) -> bytes:
+    return os.urandom(n)
+
+
+class Forwarder:
+    """Relays keys between this node's key store and its neighbours' forwarders."""
+
+    def __init__(self, node_name: str, node_id: str, store: KeyStore, pki: CertPaths, *,
+                 neighbours: Iterable[Neighbour], links: LinkProvider,
+                 entropy: Entropy | None = None, committer: GroupCommitter | None = None) -> None:
+        self.node_name = node_name
+        self.node_id = node_id
+        self.store = store
+        self.pki = pki
+        self.links = links
+        self.entropy: Entropy = entropy or _urandom
+        self.committer = committer or GroupCommitter(store)
+        self._own_committer = committer is None
+        self.neighbours: dict[str, Neighbour] = {nb.name: nb for nb in neighbours}
+        self._by_id = {nb.node_id: nb for nb in self.neighbours.values()}
+        self.routes: dict[str, RelayRoute] = {}
+        self.pending: dict[str, Pending] = {}
+        self._reserved_keys: Counter[str] = Counter()  # link assoc -> link keys reserved
+        self._reserved_room: Counter[str] = Counter()  # relay assoc -> keys of room reserved
+        self._buckets: dict[str, tuple[int, TokenBucket]] = {}
+        self._ingest_locks: dict[str, asyncio.Lock] = {}
+        self._assoc_ready: set[str] = set()
+        self.channels = NeighbourChannels(pki)
+        self.server = RelayServer.create(pki, node_name, lambda: self.neighbours,
+                                         self.handle_prepare, self.handle_commit, self.handle_abort)
+        self.port = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counters: Counter[str] = Counter()  # numbers only: relays, keys, link keys, failures
+
+    @property
+    def where(self) -> str:
+        return f"node {self.node_name}"
+
+    # -- life cycle --------------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        self.port = await self.server.start(host, port)
+        self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweeper")
+        log.info("key forwarder of %s on %s:%d (%d neighbours)", self.node_name, host, self.port,
+                 len(self.neighbours))
+        return self.port
+
+    async def stop(self) -> None:
+        await self.server.stop(5)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.channels.close()
+        close = getattr(self.entropy, "close", None)
+        if close is not None:
+            await close()
+        if self._own_committer:
+            await self.committer.aclose()
+
+    def use_committer(self, committer: GroupCommitter) -> None:
+        """Share another group committer of the same store (the 014 server's), before any relay."""
+        self.committer, self._own_committer = committer, False
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for rid, p in list(self.pending.items()):
+                if p.expires < now:
+                    del self.pending[rid]
+                    self._release(p)
+                    self.counters["reservations_expired"] += 1
+                    log.info("relay %s on route %s: reservation expired", rid, p.route_id)
+
+    # -- routes (from the SDN agent) -----------------------------------------------------------------
+    def set_routes(self, links: Iterable[LinkConfig]) -> None:
+        """Replace the route table with the VIRT links of the running datastore."""
+        routes, skipped = routes_from_links(self.node_id, links)
+        for why in skipped:
+            log.warning("%s: ignoring VIRT link %s", self.where, why)
+        self.routes = routes
+        for rid in list(self._buckets):
+            if rid not in routes or routes[rid].bandwidth_bps != self._buckets[rid][0]:
+                del self._buckets[rid]
+        ends = [r for r in routes.values() if r.is_end(self.node_id) and r.route_id not in self._assoc_ready]
+        if ends:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._spawn(self._ensure_all(ends))
+
+    async def _ensure_all(self, routes: list[RelayRoute]) -> None:
+        for r in routes:
+            try:
+                await self._ensure_assoc(r)
+            except RelayError as err:
+                log.error("%s", err.message)
+
+    async def _ensure_assoc(self, route: RelayRoute) -> None:
+        """The relay key association of a route this node ends (same ID as the VIRT link)."""
+        if route.route_id in self._assoc_ready:
+            return
+        parity = 0 if self.node_id == route.local_end else 1
+        try:
+            await asyncio.to_thread(
+                self.store.add_association, route.route_id, self.node_id, route.other_end(self.node_id),
+                master_parity=parity, kind="relay", key_size_bits=RELAY_KEY_SIZE_BITS,
+            )
+        except AssociationConflict:
+            raise NoRoute(f"{self.where}: key association {route.route_id} exists with other parameters") from None
+        self._assoc_ready.add(route.route_id)
+
+    def end_route(self, assoc_id: str) -> RelayRoute | None:
+        """The route of a relay association this node ends, or None."""
+        r = self.routes.get(assoc_id)
+        return r if r is not None and r.is_end(self.node_id) else None
+
+    def route_to(self, node_id: str, local_sae: str, remote_sae: str) -> str | None:
+        """A route from this node to `node_id` that the SAE pair may use (lowest qkdl_id first)."""
+        for rid in sorted(self.routes):
+            r = self.routes[rid]
+            if r.is_end(self.node_id) and r.other_end(self.node_id) == node_id and r.allows(local_sae, remote_sae):
+                return rid
+        return None
+
+    # -- reservations ---------------------------------------------------------------------------------
+    def free_link_keys(self, link_id: str) -> int:
+        """Master-parity link keys of a link association not reserved by a prepared relay."""
+        return self.store.stats(link_id).available_for_masters - self._reserved_keys[link_id]
+
+    def _release(self, p: Pending) -> None:
+        if p.out_link is not None and p.out_link_keys:
+            self._reserved_keys[p.out_link] -= p.out_link_keys
+            p.out_link_keys = 0
+        if p.room:
+            self._reserved_room[p.route_id] -= p.room
+            p.room = 0
+
+    def _pick_link(self, down: Neighbour, n: int, key_bytes: int) -> tuple[str, int, Stats]:
+        best: tuple[int, str, int, Stats] | None = None
+        for q, remote in self.links().items():
+            if remote != down.node_id:
+                continue
+            try:
+                st = self.store.stats(q)
+            except UnknownAssociation:
+                continue
+            m = link_keys_needed(n, key_bytes, st.key_size_bits // 8)
+            spare = st.available_for_masters - self._reserved_keys[q] - m
+            if best is None or spare > best[0]:
+                best = (spare, q, m, st)
+        if best is None:
+            raise NoRoute(f"{self.where}: no QKD link in service to next hop {down.name}")
+        spare, q, m, st = best
+        if spare < 0:
+            raise LinkKeyShort(f"{self.where}: link key exhausted on the QKD link to {down.name} "
+                               f"({spare + m} free link keys, the hop needs {m})")
+        return q, m, st
+
+    # -- phase 1: prepare --------------------------------------------------------------------------
+    async def _prepare(self, req: pb.PrepareRequest, caller: Neighbour | None) -> Pending:
+        where = self.where
+        route = self.routes.get(req.route_id)
+        if route is None:
+            raise NoRoute(f"{where}: no VIRT link {req.route_id} (route missing on this node)")
+        if {req.origin, req.target} != {route.local_end, route.remote_end} or req.origin == req.target:
+            raise BadRelayMessage(f"{where}: origin/target are not the ends of route {req.route_id}")
+        kb = req.key_size_bits // 8
+        if not 1 <= req.keys <= MAX_KEYS_PER_RELAY or req.key_size_bits % 8 or not 0 < kb <= 8192 \
+                or req.hop >= MAX_HOPS or parse_key_id(req.relay_id) is None or req.relay_id in self.pending:
+            raise BadRelayMessage(f"{where}: malformed or duplicate prepare")
+        upstream_id, downstream_id = route.hops_towards(req.target)
+        in_link: str | None = None
+        if caller is None:
+            if req.origin != self.node_id or upstream_id is not None:
+                raise BadRelayMessage(f"{where}: not the origin end of route {req.route_id}")
+        else:
+            if caller.node_id != upstream_id:
+                raise NotNeighbour(f"{where}: {caller.name} is not the previous hop of route {req.route_id}")
+            in_link = req.link_id
+            if self.links().get(in_link) != caller.node_id:
+                raise BadRelayMessage(f"{where}: {in_link} is not a QKD link with {caller.name} in service")
+            link_kb = self.store.stats(in_link).key_size_bits // 8
+            if req.link_keys != link_keys_needed(req.keys, kb, link_kb):
+                raise BadRelayMessage(f"{where}: {req.link_keys} link keys cannot carry {req.keys} keys")
+            await self._await_link_seq(in_link, req.link_seq, caller.name)
+        p = Pending(req.relay_id, req.route_id, req.origin, req.target, req.hop, req.keys, req.key_size_bits,
+                    0 if req.origin == route.local_end else 1, caller, in_link, req.link_keys if caller else 0)
+        try:
+            if route.is_end(self.node_id):
+                await self._ensure_assoc(route)
+                st = self.store.stats(route.route_id)
+                if req.key_size_bits != st.key_size_bits:
+                    raise BadRelayMessage(f"{where}: route {route.route_id} relays {st.key_size_bits}-bit keys")
+                room = st.capacity - st.available_total - self._reserved_room[route.route_id]
+                if room < req.keys:
+                    raise RelayStoreFull(f"{where}: relay key store of route {route.route_id} has room for "
+                                         f"{max(room, 0)} keys, {req.keys} needed")
+                self._reserved_room[route.route_id] += req.keys
+                p.room = req.keys
+            if self.node_id == req.target:
+                if downstream_id is not None:
+                    raise BadRelayMessage(f"{where}: route {req.route_id} continues beyond its end")
+                self.pending[p.relay_id] = p
+                return p
+            down = self._by_id.get(downstream_id or "")
+            if down is None:
+                raise NoRoute(f"{where}: next hop {downstream_id} of route {req.route_id} is not a neighbour")
+            out_link, m, st = self._pick_link(down, req.keys, kb)
+            free = st.available_for_masters - self._reserved_keys[out_link]
+            self._reserved_keys[out_link] += m
+            p.downstream, p.out_link, p.out_link_keys = down, out_link, m
+            self.pending[p.relay_id] = p
+            nxt = pb.PrepareRequest(
+                relay_id=req.relay_id, route_id=req.route_id, origin=req.origin, target=req.target,
+                hop=req.hop + 1, link_id=out_link, keys=req.keys, key_size_bits=req.key_size_bits,
+                link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
+            )
+            reply = await self.channels.call(down, "Prepare", nxt, CALL_TIMEOUT_S)
+            p.hops = reply.hops + 1
+            return p
+        except BaseException:
+            self.pending.pop(p.relay_id, None)
+            self._release(p)
+            raise
+
+    async def _await_link_seq(self, link_id: str, seq: int, peer: str) -> None:
+        """Wait until this end of the link has ingested the key stream up to `seq` (bounded)."""
+        deadline = time.monotonic() + LINK_SEQ_WAIT_S
+        while (have := self.store.stats(link_id).last_seq) < seq:
+            if time.monotonic() > deadline:
+                raise LinkKeyShort(f"{self.where}: link key stream with {peer} is behind the sender's "
+                                   f"(seq {have}, {seq} needed)")
+            await asyncio.sleep(0.002)
+
+    async def handle_prepare(self, req: pb.PrepareRequest, caller_name: str) -> pb.PrepareReply:
+        p = await self._prepare(req, self.neighbours[caller_name])
+        return pb.PrepareReply(hops=p.hops)
+
+    # -- phase 2: commit ---------------------------------------------------------------------------
+    async def handle_commit(self, msg: pb.RelayHop, caller_name: str) -> pb.CommitReply:
+        p = self.pending.pop(msg.relay_id, None)
+        if p is None or p.expires < time.monotonic():
+            raise UnknownRelay(f"{self.where}: relay {msg.relay_id} is not prepared here (or expired)")
+        try:
+            if p.upstream is None or p.upstream.name != caller_name:
+                raise NotNeighbour(f"{self.where}: {caller_name} is not the previous hop of relay {p.relay_id}")
+            n, kb = p.n, p.key_size_bits // 8
+            if (msg.route_id, msg.origin, msg.target, msg.hop, msg.link_id, msg.key_size_bits) != \
+                    (p.route_id, p.origin, p.target, p.hop, p.in_link, p.key_size_bits) \
+                    or len(msg.key_ids) != n or len(msg.link_key_ids) != p.in_link_keys \
+                    or len(msg.ciphertext) != n * kb or len(msg.tag) != TAG_BYTES \
+                    or any(parse_key_id(k) is None for k in msg.key_ids):
+                raise BadRelayMessage(f"{self.where}: relay message does not match the prepared relay")
+            assert p.in_link is not None
+            material = await self._take_in(p.in_link, list(msg.link_key_ids), caller_name)
+            mac_key, pad = split_material(material, n * kb)
+            data = authenticated_bytes(
+                relay_id=msg.relay_id, route_id=msg.route_id, origin=msg.origin, target=msg.target,
+                hop=msg.hop, link_id=msg.link_id, key_size_bits=msg.key_size_bits,
+                link_key_ids=msg.link_key_ids, key_ids=msg.key_ids, ciphertext=msg.ciphertext,
+            )
+            if not wc_verify(mac_key, data, msg.tag):
+                self.counters["mac_failures"] += 1
+                raise MacMismatch(f"{self.where}: tag of the hop from {caller_name} does not verify; "
+                                  f"relay {p.relay_id} dropped")
+            plain = xor(msg.ciphertext, pad)
+            keys = [plain[i * kb:(i + 1) * kb] for i in range(n)]
+            if self.node_id == p.target:
+                await self._store(p, list(msg.key_ids), keys)
+                self.counters["relays_stored"] += 1
+                return pb.CommitReply(stored=n)
+            reply = await self._forward(p, list(msg.key_ids), keys)
+            self.counters["relays_forwarded"] += 1
+            return reply
+        except RelayError:
+            self.counters["relays_failed"] += 1
+            if p.downstream is not None:
+                self._spawn(self._abort_downstream(p, "upstream hop failed"))
+            raise
+        finally:
+            self._release(p)
+
+    async def handle_abort(self, req: pb.AbortRequest, caller_name: str) -> pb.AbortReply:
+        p = self.pending.get(req.relay_id)
+        if p is not None and p.upstream is not None and p.upstream.name == caller_name:
+            del self.pending[req.relay_id]
+            self._release(p)
+            if p.downstream is not None:
+                await self._abort_downstream(p, req.reason)
+        return pb.AbortReply()
+
+    async def _abort_downstream(self, p: Pending, reason: str) -> None:
+        assert p.downstream is not None
+        try:
+            await self.channels.call(p.downstream, "Abort", pb.AbortRequest(
+                relay_id=p.relay_id, route_id=p.route_id, reason=reason[:200]), CALL_TIMEOUT_S)
+        except RelayError as err:  # reservations downstream expire on their own
+            log.info("abort of relay %s towards %s: %s", p.relay_id, p.downstream.name, err.message)
+
+    async def _forward(self, p: Pending, ids: list[str], keys: list[bytes]) -> pb.CommitReply:
+        """Take this hop's reserved link keys, pad and tag the keys, send them to the next hop."""
+        assert p.downstream is not None and p.out_link is not None
+        taken = await self._take_out(p.out_link, p.out_link_keys, p.downstream.name)
+        self._reserved_keys[p.out_link] -= p.out_link_keys
+        p.out_link_keys = 0
+        payload = b"".join(keys)
+        mac_key, pad = split_material(b"".join(k for _, k in taken), len(payload))
+        msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.route_id, origin=p.origin, target=p.target,
+                          hop=p.hop + 1, link_id=p.out_link,
+                          key_size_bits=p.key_size_bits, link_key_ids=[kid for kid, _ in taken],
+                          key_ids=ids, ciphertext=xor(payload, pad))
+        msg.tag = wc_tag(mac_key, authenticated_bytes(
+            relay_id=msg.relay_id, route_id=msg.route_id, origin=msg.origin, target=msg.target, hop=msg.hop,
+            link_id=msg.link_id, key_size_bits=msg.key_size_bits, link_key_ids=msg.link_key_ids,
+            key_ids=msg.key_ids, ciphertext=msg.ciphertext))
+        self.counters["link_keys_sent"] += len(taken)
+        return await self.send_commit(p.downstream, msg)
+
+    async def send_commit(self, nb: Neighbour, msg: pb.RelayHop) -> pb.CommitReply:
+        """Send one relay hop (a separate method so that tests can play the attacker on the wire)."""
+        return await self.channels.call(nb, "Commit", msg, CALL_TIMEOUT_S)
+
+    # -- link keys -----------------------------------------------------------------------------------
+    def _ledger(self, sender: str, receiver: str) -> tuple[str, str]:
+        return f"forwarder:{sender}", f"forwarder:{receiver}"
+
+    async def _take_out(self, link_id: str, m: int, peer: str) -> Delivery:
+        """Take m link keys of this node's parity (oldest first): the sender's half of a hop."""
+        st = self.store.stats(link_id)
+        lim = st.max_keys_per_request
+        master, slave = self._ledger(self.node_name, peer)
+        reqs = [MasterRequest(link_id, master, slave, min(lim, m - i), st.key_size_bits) for i in range(0, m, lim)]
+        results = await asyncio.gather(*(self.committer.deliver(r) for r in reqs), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            got = sum(len(r) for r in results if not isinstance(r, BaseException))
+            raise LinkKeyShort(f"{self.where}: could not take {m} link keys for {peer} "
+                               f"({_describe(failed[0])}; {got} taken)")
+        return [kv for r in results for kv in r]  # type: ignore[union-attr]
+
+    async def _take_in(self, link_id: str, ids: list[str], peer: str) -> bytes:
+        """Take exactly the link keys the sender named (the peer's parity), in its order."""
+        st = self.store.stats(link_id)
+        lim = st.max_keys_per_request
+        master, slave = self._ledger(peer, self.node_name)
+        chunks = [ids[i:i + lim] for i in range(0, len(ids), lim)]
+        out: list[bytes | None] = [None] * len(chunks)
+        deadline = time.monotonic() + LINK_SEQ_WAIT_S
+        while True:
+            todo = [i for i, o in enumerate(out) if o is None]
+            results = await asyncio.gather(
+                *(self.committer.deliver(SlaveRequest(link_id, tuple(chunks[i]), master, slave)) for i in todo),
+                return_exceptions=True)
+            retry = False
+            for i, r in zip(todo, results, strict=True):
+                if not isinstance(r, BaseException):
+                    out[i] = b"".join(k for _, k in r)
+                elif isinstance(r, KeysNotAvailable) and all(d.get("reason") == "unknown" for d in r.details) \
+                        and time.monotonic() < deadline:
+                    retry = True  # our feeder has not stored them yet
+                else:
+                    raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available "
+                                          f"({_describe(r)})")
+            if all(o is not None for o in out):
+                return b"".join(out)  # type: ignore[arg-type]
+            if not retry:
+                raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available")
+            last = self.store.stats(link_id).last_seq
+            while self.store.stats(link_id).last_seq == last and time.monotonic() < deadline:
+                await asyncio.sleep(0.002)
+
+    # -- relay key associations ----------------------------------------------------------------------
+    async def _store(self, p: Pending, ids: list[str], keys: list[bytes]) -> None:
+        """Ingest relayed keys into this end's relay association, with local seqs of their parity."""
+        lock = self._ingest_locks.setdefault(p.route_id, asyncio.Lock())
+        async with lock:
+            last = self.store.stats(p.route_id).last_seq
+            first = last + 1 if (last + 1) % 2 == p.parity else last + 2
+            rows = [(kid, first + 2 * i, key) for i, (kid, key) in enumerate(zip(ids, keys, strict=True))]
+            try:
+                stored = await asyncio.to_thread(self.store.ingest, p.route_id, rows)
+            except KeyStoreError as err:
+                raise RelayStoreFull(f"{self.where}: storing relayed keys failed: {err.message}") from None
+        self._reserved_room[p.route_id] -= p.room
+        p.room = 0
+        self.counters["keys_stored"] += stored
+        if stored != len(rows):
+            raise RelayStoreFull(f"{self.where}: relay key store of route {p.route_id} took {stored} of {len(rows)} keys")
+
+    # -- origin ---------------------------------------------------------------------------------------
+    def _bucket(self, route: RelayRoute) -> TokenBucket | None:
+        if not route.bandwidth_bps:
+            return None
+        entry = self._buckets.get(route.route_id)
+        if entry is None:
+            entry = (route.bandwidth_bps, TokenBucket(route.bandwidth_bps, RELAY_KEY_SIZE_BITS))
+            self._buckets[route.route_id] = entry
+        return entry[1]
+
+    async def relay(self, route_id: str, n: int) -> Delivery:
+        """Generate n keys here, relay them to the other end of the route; return them once stored there
+        and here (durably). Raises RelayError; on failure before the commit nothing is consumed."""
+        route = self.end_route(route_id)
+        if route is None:
+            raise NoRoute(f"{self.where}: no VIRT link {route_id} ending here")
+        target = route.other_end(self.node_id)
+        bits = n * RELAY_KEY_SIZE_BITS
+        bucket = self._bucket(route)
+        if bucket is not None:
+            ok, wait = bucket.take(bits, BANDWIDTH_WAIT_S)
+            if not ok:
+                raise RateLimited(
+                    f"{self.where}: {bits} bits exceed the burst of route {route_id} (virt_bandwidth "
+                    f"{route.bandwidth_bps} bit/s); ask for fewer keys" if wait == float("inf") else
+                    f"{self.where}: virt_bandwidth of route {route_id} ({route.bandwidth_bps} bit/s) "
+                    f"exceeded; retry in {wait:.2f} s")
+            if wait:
+                await asyncio.sleep(wait)
+        try:
+            return await self._relay(route, target, n)
+        except RelayError:
+            self.counters["relays_failed"] += 1
+            if route_id in self._buckets:
+                self._buckets[route_id][1].give_back(bits)
+            raise
+
+    async def _relay(self, route: RelayRoute, target: str, n: int) -> Delivery:
+        kb = RELAY_KEY_SIZE_BITS // 8
+        req = pb.PrepareRequest(relay_id=str(uuid.uuid4()), route_id=route.route_id, origin=self.node_id,
+                                target=target, hop=0, keys=n, key_size_bits=RELAY_KEY_SIZE_BITS)
+        p = await self._prepare(req, None)
+        del self.pending[p.relay_id]
+        try:
+            try:
+                material = await self.entropy(n * kb)
+            except Exception as exc:
+                raise EntropyUnavailable(f"{self.where}: entropy source failed ({type(exc).__name__})") from None
+            if len(material) != n * kb:
+                raise EntropyUnavailable(f"{self.where}: entropy source returned {len(material)} of {n * kb} bytes")
+            ids = [str(uuid.uuid4()) for _ in range(n)]
+            keys = [material[i * kb:(i + 1) * kb] for i in range(n)]
+            await self._forward(p, ids, keys)
+            await self._store(p, ids, keys)
+        except RelayError:
+            if p.out_link_keys:  # failed before this hop's commit: release downstream at once
+                self._spawn(self._abort_downstream(p, "origin failed"))
+            raise
+        finally:
+            self._release(p)
+        self.counters["relays_originated"] += 1
+        self.counters["keys_originated"] += n
+        return list(zip(ids, keys, strict=True))
+
+    async def relay_for(self, request: MasterRequest) -> None:
+        """enc_keys on a relay association: relay `number` new keys first (see RelayCommitter)."""
+        route = self.end_route(request.assoc_id)
+        assert route is not None
+        try:
+            await self._ensure_assoc(route)
+            st = self.store.stats(request.assoc_id)
+            if request.size_bits != st.key_size_bits:
+                raise KeySizeNotSupported(request.size_bits, st.key_size_bits)
+            if not 1 <= request.number <= st.max_keys_per_request:
+                raise RequestLimitExceeded(request.number, st.max_keys_per_request)
+            await self.relay(request.assoc_id, request.number)
+        except RelayError as err:
+            log.info("relay for %s -> %s on route %s failed: %s", request.master_sae, request.slave_sae,
+                     request.assoc_id, err.message)
+            raise RelayUnavailable(err, request.assoc_id, route.other_end(self.node_id)) from None
+
+
+def _describe(err: BaseException) -> str:
+    return err.message if isinstance(err, KeyStoreError) else type(err).__name__
