@@ -54,10 +54,6 @@ def test_hello_capabilities(manager: Any) -> None:
         assert name in mods, name
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known bug in qkdnode/schema.py (not fixed here): build_context calls Module.feature_enable once "
-    "per feature, and each call replaces the module's whole feature set, so ietf-netconf ends up "
-    "with rollback-on-error only"))
 def test_ietf_netconf_capability_lists_its_features(manager: Any) -> None:
     feats = _module_caps(list(manager.server_capabilities))["ietf-netconf"].get("features", [""])[0].split(",")
     assert {"candidate", "validate", "xpath", "rollback-on-error"} <= set(feats)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libyang
-from _libyang import lib
+from _libyang import ffi, lib
 
 _REPO_YANG = Path(__file__).resolve().parents[2] / "yang"
 
@@ -83,9 +83,18 @@ def build_context(extra_dirs: tuple[Path, ...] = (), with_tapi: bool = True) -> 
         modules += TAPI_MODULES
     for served in (*modules, *PROTOCOL_MODULES):
         mod = ctx.load_module(served.name)
-        for feat in served.features:
-            mod.feature_enable(feat)
+        if served.features:
+            _enable_features(mod, served.features)
     return ctx
+
+
+def _enable_features(mod: libyang.Module, features: tuple[str, ...]) -> None:
+    """Enable all `features` at once: libyang-python's feature_enable() replaces the whole set
+    with its one feature on each call (lys_set_implemented takes the complete list)."""
+    names = [ffi.new("char[]", f.encode()) for f in features]
+    arr = ffi.new("char *[]", [*names, ffi.NULL])
+    if lib.lys_set_implemented(mod.cdata, arr) != lib.LY_SUCCESS:
+        raise ValueError(f"cannot enable features {features} of {mod.name()}")
 
 
 def module_file(ctx: libyang.Context, name: str) -> Path | None:
