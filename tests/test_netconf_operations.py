@@ -292,10 +292,6 @@ def test_edit_delete_leaf(manager: Any, two_links: tuple[str, str]) -> None:
     assert float(leaf(c, phys, "phys_channel_att")) == 3.5
 
 
-@pytest.mark.xfail(strict=True, raises=RPCError, reason=(
-    "known bug, not fixed: the edit is parsed with libyang type checks, so a leaf to delete must "
-    "carry a valid value; an empty <phys_wavelength nc:operation='delete'/> (what netconf-console2 "
-    "--delete sends) fails the pattern with invalid-value"))
 def test_edit_delete_leaf_without_value(manager: Any, two_links: tuple[str, str]) -> None:
     phys, _ = two_links
     body = (f'<qkd_link><qkdl_id>{phys}</qkdl_id><phys_wavelength xmlns:nc="{NC_NS}" nc:operation="remove"/>'

@@ -12,14 +12,17 @@ import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 
 import libyang
 
 from .datatree import DataTree
 from .journal import RunningStore
-from .edit import AppliedEdit, EditOp, ErrorOption, apply_edit, parse_edit
+from .edit import AppliedEdit, EditOp, ErrorOption, apply_edit, parse_edit, split_valueless_removals
 from .netconf import errors as E
+
+if TYPE_CHECKING:
+    from .netconf.filters import ListKeys
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,7 @@ class Datastores:
         self._candidate_valid = True
         self._candidate_edits: list[AppliedEdit] = []
         self._cache: dict[tuple[Datastore, str], str] = {}
+        self._list_keys: "ListKeys | None" = None
         if self.store.exists():
             self.running = self.store.load()
         elif initial_config is not None:
@@ -177,6 +181,15 @@ class Datastores:
         return tree
 
     @property
+    def list_keys(self) -> "ListKeys":
+        """List keys of the schema (for paths of edit elements), computed once."""
+        if self._list_keys is None:
+            from .netconf.filters import ListKeys
+
+            self._list_keys = ListKeys(self.ctx)
+        return self._list_keys
+
+    @property
     def candidate_modified(self) -> bool:
         return self._candidate is not None
 
@@ -196,11 +209,12 @@ class Datastores:
                 info={"bad-element": target.value},
             )
         self._check_writable(target, session_id)
+        config_xml, removals = split_valueless_removals(self.ctx, self.config_tree(target), config_xml, self.list_keys)
         edit = parse_edit(self.ctx, config_xml)
         work = self.config_tree(target).dup()
         try:
             try:
-                applied = apply_edit(self.ctx, work, edit, default_op, error_option)
+                applied = apply_edit(self.ctx, work, edit, default_op, error_option, removals)
             except E.RpcErrors as errs:
                 partial: list[AppliedEdit] = getattr(errs, "applied", [])
                 if error_option is not ErrorOption.CONTINUE or not partial:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import libyang
 from _libyang import ffi, lib
 from libyang.util import c2str
+from lxml import etree
 
 from .datatree import DataTree, Node, node_path, xml_path
 from .netconf import errors as E
+from .netconf.namespaces import NC_NS
 
 NC_MODULE = "ietf-netconf"
 
@@ -168,6 +171,59 @@ class EditApplier:
                     self._guarded(child, EditOp.NONE)
 
 
+def _path_of(el: etree._Element, modules: dict[str, str], keys: Any) -> str | None:
+    """libyang data path of an edit element, from its ancestors and their list keys."""
+    chain = [e for e in el.iterancestors() if e.getparent() is not None][::-1] + [el]
+    parts: list[str] = []
+    module = None
+    for e in chain:
+        q = etree.QName(e)
+        mod = modules.get(q.namespace or "")
+        if mod is None:
+            return None
+        step = q.localname if mod == module else f"{mod}:{q.localname}"
+        module = mod
+        for k in keys.for_element(e):
+            kel = e.find(f"{{{q.namespace}}}{k}")
+            if kel is None or kel.text is None:
+                return None
+            value = kel.text.strip().replace("'", "")
+            step += f"[{k}='{value}']"
+        parts.append(step)
+    return "/" + "/".join(parts)
+
+
+def split_valueless_removals(
+    ctx: libyang.Context, target: DataTree, config_xml: str, keys: Any,
+) -> tuple[str, list[tuple[EditOp, str]]]:
+    """Take `<leaf nc:operation="delete|remove"/>` without a value out of the edit.
+
+    RFC 6241 lets a client name a leaf to delete without its value (netconf-console2 --delete
+    does), but libyang type-checks every leaf it parses. Such leaves are removed from the edit
+    text and returned as (operation, data path) to apply directly.
+    """
+    if "operation" not in config_xml:
+        return config_xml, []
+    root = etree.fromstring(f"<r>{config_xml}</r>".encode())
+    modules = {libyang.util.c2str(m.cdata.ns): m.name() for m in ctx}
+    direct: list[tuple[EditOp, str]] = []
+    for el in list(root.iter()):
+        op = el.get(f"{{{NC_NS}}}operation")
+        if op not in ("delete", "remove") or len(el) or (el.text or "").strip() or el.getparent() is None:
+            continue
+        path = _path_of(el, modules, keys)
+        if path is None:
+            continue
+        node = target.find(path)
+        if node is not None and _is_inner(node):
+            continue  # an empty container or list entry parses fine: leave it to libyang
+        direct.append((EditOp(op), path))
+        el.getparent().remove(el)
+    if not direct:
+        return config_xml, []
+    return "".join(etree.tostring(c, encoding="unicode") for c in root), direct
+
+
 def parse_edit(ctx: libyang.Context, config_xml: str) -> DataTree:
     """Parse the content of `<config>` (no validation: an edit is a partial tree)."""
     return DataTree.parse(ctx, config_xml, config_only=True, validate=False, strict=True)
@@ -179,9 +235,23 @@ def apply_edit(
     edit: DataTree,
     default_op: EditOp = EditOp.MERGE,
     error_option: ErrorOption = ErrorOption.STOP,
+    removals: list[tuple[EditOp, str]] | None = None,
 ) -> list[AppliedEdit]:
     applier = EditApplier(ctx, target, error_option)
     try:
+        for op, path in removals or []:
+            node = target.find(path)
+            if node is None:
+                if op is EditOp.DELETE:
+                    xpath, nsmap = xml_path(ctx, path)
+                    err = E.DataMissing(message=f"cannot delete {path}: no such data", path=xpath,
+                                        path_namespaces=nsmap, info={"bad-element": path.rsplit("/", 1)[-1]})
+                    if error_option is not ErrorOption.CONTINUE:
+                        raise err
+                    applier.errors.append(err)
+                continue
+            target.delete_node(node)
+            applier.applied.append(AppliedEdit(op, path))
         applier.apply(edit, default_op)
     except E.RpcErrors as errs:
         if error_option is ErrorOption.CONTINUE:
