@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -113,6 +112,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    logs = "".join(p.read_text() for p in (state / "logs").glob("*.log"))
+    assert "Traceback" not in logs
 
 
 @pytest.fixture
@@ -429,6 +430,28 @@ def test_link_down_when_the_path_is_cut(net: Net, nc: Callable[[str], Any]) -> N
     wait_for("tx-a -> rx-c again", lambda: net.light("tx-a")["receiver"] == "rx-c")
 
 
+@pytest.mark.timeout(30)
+def test_topologies_agree_across_a_fibre(net: Net, nc: Callable[[str], Any]) -> None:
+    """Fibre a-b seen from a and from b: one link uuid, and a's stub for b is b's switch and NEP."""
+    def topo(node: str) -> etree._Element:
+        return etree.fromstring(context_xml(nc(node), state=True)).find("t:topology-context/t:topology", NS)
+
+    def ends(t: etree._Element, link: str) -> tuple[str, set[tuple[str, str]]]:
+        (el,) = t.xpath("t:link[t:name/t:value=$n]", n=link, namespaces=NS)
+        return el.findtext("t:uuid", None, NS), {
+            (e.findtext("t:node-uuid", None, NS), e.findtext("t:node-edge-point-uuid", None, NS))
+            for e in el.iterfind("t:node-edge-point", NS)}
+
+    ta, tb = topo("a"), topo("b")
+    assert ends(ta, "a-b") == ends(tb, "a-b")
+    (b_switch,) = tb.xpath("t:node[t:name/t:value='ofs-b']", namespaces=NS)
+    (nep_2,) = b_switch.xpath("t:owned-node-edge-point[t:mapped-service-interface-point/"
+                              "t:service-interface-point-uuid=$s]/t:uuid/text()", s=net.sip("b", 2), namespaces=NS)
+    assert (b_switch.findtext("t:uuid", None, NS), nep_2) in ends(ta, "a-b")[1]
+    stub_c = tb.xpath("t:node[t:name/t:value='c']/t:owned-node-edge-point", namespaces=NS)
+    assert len(stub_c) == 1 and not stub_c[0].xpath("t:mapped-service-interface-point", namespaces=NS)
+
+
 @pytest.fixture(scope="module")
 def official_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     if not official_tapi_available():
@@ -472,3 +495,124 @@ def test_served_tapi_valid_for_official_modules(net: Net, nc: Callable[[str], An
     for node, config, data in served:
         validate_tapi(config, with_state=False, ctx=official_ctx)
         validate_tapi(data, with_state=True, ctx=official_ctx)
+
+
+# -- the rules, table-driven (no network) -------------------------------------------------------------
+def _switch() -> Any:
+    from qkdnode.tapi.model import Switch
+
+    modules = [
+        {"name": "cv", "technology": "cv-gg02", "profile": "ait-cv-qpsk"},  # channel 34
+        {"name": "bb84", "technology": "dv-bb84"},  # 1310 nm: no DWDM channel
+    ]
+    plan = [
+        {"port": 1, "kind": "module", "sip": "sip-1", "module": "cv"},
+        {"port": 2, "kind": "module", "sip": "sip-2", "module": "bb84"},
+        {"port": 3, "kind": "line", "sip": "sip-3", "fibre": "f3", "far_node": "x", "loss_db": 1.0},
+        {"port": 4, "kind": "line", "sip": "sip-4", "fibre": "f4", "far_node": "y", "loss_db": 2.0},
+    ]
+    return Switch.from_config({"name": "sw", "ports": 8, "port_plan": plan}, "n", "node-id", modules)
+
+
+def _svc(uid: str, a: str, b: str, band: tuple[int, int] | None = None) -> Any:
+    from qkdnode.tapi.model import EndPoint, Service
+
+    lo, hi = band if band else (None, None)
+    return Service(uid, None, False, (EndPoint("a", a, lo, hi), EndPoint("b", b, lo, hi)))
+
+
+RULES = [
+    # (services, expected fabric entries, expected problems as (kind, app-tag))
+    ([("s1", "sip-1", "sip-3", CH34)], [[1, 3, *CH34]], []),
+    ([("s1", "sip-1", "sip-3", None)], [[1, 3]], []),  # no spectrum: broadband
+    ([("s1", "sip-1", "sip-3", CH35)], [], [("invalid-value", "wavelength-mismatch")]),
+    # 1310 nm module: any spectrum or none, always a broadband cross-connect
+    ([("s1", "sip-2", "sip-3", CH35)], [[2, 3]], []),
+    ([("s1", "sip-2", "sip-3", CH35), ("s2", "sip-1", "sip-3", CH34)], [[2, 3]], [("in-use", "port-in-use")]),
+    # WDM add/drop: adjacent channels are disjoint ([lower, upper) bands)
+    ([("s1", "sip-1", "sip-3", CH34), ("s2", "sip-4", "sip-3", CH35)], [[1, 3, *CH34], [4, 3, *CH35]], []),
+    ([("s1", "sip-1", "sip-3", CH34), ("s2", "sip-4", "sip-3", (193_400_000, 193_500_000))],
+     [[1, 3, *CH34]], [("in-use", "wavelength-collision")]),
+    ([("s1", "sip-1", "sip-3", CH34), ("s2", "sip-1", "sip-4", CH34)], [[1, 3, *CH34]], [("in-use", "port-in-use")]),
+    ([("s1", "sip-3", "sip-3", None)], [], [("invalid-value", None)]),
+    ([("s1", "sip-3", "sip-9", None)], [], [("invalid-value", "not-a-switch-port")]),
+    ([("s1", "sip-3", "sip-4", (CH34[1], CH34[0]))], [], [("invalid-value", None), ("invalid-value", None)]),
+]
+
+
+@pytest.mark.parametrize(("services", "entries", "problems"), RULES)
+def test_cross_connect_rules(services: list[tuple[Any, ...]], entries: list[list[int]],
+                             problems: list[tuple[str, str | None]]) -> None:
+    from qkdnode.tapi.model import TapiConfig, plan_cross_connects
+
+    cfg = TapiConfig(True, (), tuple(_svc(*s) for s in services))
+    xcs, found = plan_cross_connects(_switch(), cfg)
+    assert [xc.to_fabric() for xc in xcs] == entries
+    assert [(p.kind, p.app_tag) for p in found] == problems
+
+
+def test_running_services_keep_their_ports() -> None:
+    """Of two services wanting one port, the one already running keeps it, whatever the order."""
+    from qkdnode.tapi.model import TapiConfig, plan_cross_connects
+
+    old, new = _svc("z-old", "sip-1", "sip-3", CH34), _svc("a-new", "sip-1", "sip-4", CH34)
+    xcs, found = plan_cross_connects(_switch(), TapiConfig(True, (), (new, old)), [old])
+    assert [xc.service for xc in xcs] == ["z-old"]
+    assert len(found) == 1 and "a-new" in found[0].path
+
+
+@pytest.mark.timeout(30)
+def test_node_without_switch_refuses_services(node: Any, manager: Any) -> None:
+    """A node with no switch has no SIPs: creating one, or a service, is refused."""
+    manager.raise_mode = RaiseMode.NONE
+    sip = "<service-interface-point><uuid>sip-x</uuid></service-interface-point>"
+    errors = rpc_errors(edit_commit(manager, tapi_config(service("svc-x", "sip-x", "sip-x"), sips=sip)))
+    assert {(e["tag"], e["path"]) for e in errors} >= {
+        ("operation-not-supported", service_path("svc-x")),
+        ("invalid-value", "/tapi-common:context/tapi-common:service-interface-point[tapi-common:uuid='sip-x']"),
+    }
+    assert "no optical switch" in " ".join(e["message"] for e in errors)
+    assert "connectivity-service" not in manager.get_config(source="running").xml
+
+
+@pytest.mark.timeout(30)
+async def test_commit_stands_while_the_plant_is_unreachable(caplog: pytest.LogCaptureFixture) -> None:
+    """The agent keeps reporting until the switch fabric (stubbed here) takes the set; the
+    connection turns ENABLED only then."""
+    import asyncio
+
+    import aiohttp
+
+    from qkdnode.schema import build_context
+    from qkdnode.tapi import SwitchAgent
+    from qkdnode.tapi.model import TapiConfig, plan_cross_connects
+
+    class Fabric:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, list[list[int]], dict[str, int | None] | None]] = []
+
+        async def report_switch(self, switch: str, xcs: list[list[int]],
+                                frequencies: dict[str, int | None] | None = None) -> None:
+            self.calls.append((switch, xcs, frequencies))
+            if len(self.calls) <= 2:
+                raise aiohttp.ClientConnectionError("connection refused")
+
+    fabric = Fabric()
+    agent = SwitchAgent(build_context(), _switch(), lambda: fabric)  # type: ignore[arg-type,return-value]
+    agent.config = TapiConfig(True, ("sip-1", "sip-3"), (_svc("s1", "sip-1", "sip-3", CH34),))
+    agent.cross_connects, problems = plan_cross_connects(agent.switch, agent.config)
+    assert not problems
+    await agent.start()
+    try:
+        assert "<operational-state>DISABLED</operational-state><lifecycle-state>PLANNED" in agent.state()
+        for _ in range(100):
+            if len(fabric.calls) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.01)
+        assert [c[1] for c in fabric.calls] == [[[1, 3, *CH34]]] * 3
+        assert fabric.calls[0][2] == {"cv": 193_400_000, "bb84": 228_849_205}
+        assert "<operational-state>ENABLED</operational-state><lifecycle-state>INSTALLED" in agent.state()
+        assert "cannot reach the optical plant" in caplog.text
+    finally:
+        await agent.stop()

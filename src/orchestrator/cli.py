@@ -105,7 +105,10 @@ def _routes_table(routes: list[dict[str, Any]]) -> Table:
     for col in ("id", "src", "dst", "SAEs", "rate bit/s", "status", "paths"):
         t.add_column(col)
     for r in routes:
-        paths = "\n".join(f"{' > '.join(p['nodes'])} ({p['rate_bps']})" for p in r["paths"])
+        paths = "\n".join(
+            " > ".join(([f"[{p['upstream']}]"] if p["upstream"] else []) + p["nodes"]
+                       + ([f"[{p['downstream']}]"] if p["downstream"] else [])) + f" ({p['rate_bps']})"
+            for p in r["paths"])
         t.add_row(r["id"], r["src"], r["dst"], ", ".join(r["saes"]), str(r["rate_bps"]), r["status"], paths)
     return t
 

@@ -27,7 +27,8 @@ from . import peering
 from .discovery import discover
 from .inventory import Inventory
 from .model import (
-    EntryKey, NetworkModel, NodeView, Route, Segment, entry_diff, pair, route_entries, routes_from_views, sae_uuid,
+    EntryKey, NetworkModel, NodeView, Route, Segment, entry_diff, entry_is_ours, pair, route_entries,
+    routes_from_views, sae_uuid,
 )
 from .routing import NoRoute, PathShare, direct_links, key_route, shortest_feasible_path
 from .session import NodeSession, NodeUnreachable, NotificationListener, WireRecorder, notification_body
@@ -121,7 +122,8 @@ class Orchestrator:
 
     def _rebuild_intent(self) -> None:
         views = {q: v for q, v in self.model.nodes.items() if v.reachable}
-        self.routes = {r.route_id: r for r in routes_from_views(views)}
+        border = {self.ids[n] for n in self.inventory.border_nodes() if n in self.ids}
+        self.routes = {r.route_id: r for r in routes_from_views(views, border)}
         graph = self.model.key_graph()
         for r in self.routes.values():
             if not all(self._segment_ok(s, graph) for s in r.segments):
@@ -158,6 +160,10 @@ class Orchestrator:
             q = self.ids.get(name)
             if isinstance(res, Exception) and q in self.model.nodes:
                 log.info("%s: refresh failed: %s", name, res)
+        for qkdl_id, views in self.model.phys_links().items():  # a link-up notification may have been missed
+            if qkdl_id in self.model.down_links and all(v.skr for v in views) and len(views) > 1:
+                self.model.down_links.discard(qkdl_id)
+                self._event("link-up", qkdl_id=qkdl_id)
 
     # -- provisioning -------------------------------------------------------------------------------
     async def provision_route(self, src: str, dst: str, rate_bps: int, saes: list[str] | tuple[str, ...] = (),
@@ -403,7 +409,7 @@ class Orchestrator:
             known.update(r.qkdl_ids)
             known.add(r.route_id)
             want.update(route_entries(r, managed).get(view.qkdn_id, {}))
-        have = {("qkd_link", q): "?" for q in view.virt if q in known}
+        have = {("qkd_link", q): "?" for q, ln in view.virt.items() if q in known and entry_is_ours(ln, managed)}
         have.update({("qkd_app", a): "?" for a in view.apps if a in known})
         stale = {k: v for k, v in have.items() if k not in want}
         edit, undo = entry_diff(stale, {k: v for k, v in want.items()})

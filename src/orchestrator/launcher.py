@@ -89,31 +89,35 @@ class _Orchestrators:
     orch_procs: dict[str, asyncio.subprocess.Process]
     orch_urls: dict[str, str]
 
-    def _host_key(self: Any, np: NodeProcess) -> str | None:
+    async def _fetch_host_keys(self: Any) -> None:
+        """Each node's SSH host public key, from the SSH handshake with the process we just started
+        (network.json then pins it: clients check it instead of trusting any key)."""
         import asyncssh
 
-        path = np.state_dir / "ssh_host_ed25519_key"
-        if not path.exists():
-            return None
-        return str(asyncssh.read_private_key(str(path)).export_public_key("openssh").decode().split()[1])
+        async def one(np: NodeProcess) -> tuple[str, str]:
+            key = await asyncssh.get_server_host_key(self.host, np.netconf_port)
+            return np.name, key.export_public_key("openssh").decode().split()[1]
+
+        self.host_keys = dict(await asyncio.gather(*(one(np) for np in self.nodes.values())))
 
     def _with_orchestrators(self: Any, data: dict[str, Any]) -> dict[str, Any]:
         for np in self.nodes.values():
             spec = self.topology.nodes[np.name]
             entry = data["nodes"][np.name]
             entry["domains"] = [spec.domain, *[d for d in spec.border if d != spec.domain]]
-            key = self._host_key(np)
+            key = getattr(self, "host_keys", {}).get(np.name)
             if key is not None:
                 entry["netconf"]["host_key"] = key
         urls = getattr(self, "orch_urls", None)
         if urls:
-            data["orchestrators"] = {d: {"url": u} for d, u in urls.items()}
+            data["orchestrators"] = {d: {"url": u, "pid": self.orch_procs[d].pid} for d, u in urls.items()}
         return data
 
     async def start_orchestrators(self: Any, timeout: float = 60.0) -> None:
         """One `qkdorch serve` per domain (inventory: the nodes' NETCONF addresses only); then the
         topology's declared routes are asked of the orchestrators, as an NMS would."""
         self.orch_procs, self.orch_urls = {}, {}
+        await self._fetch_host_keys()
         inventory = self.state_dir / "inventory.json"
         write_json_atomic(inventory, self.network_data())
         ports = {d: free_port(self.host) for d in self.topology.domains()}
@@ -183,6 +187,9 @@ def _post_route(url: str, body: dict[str, Any], timeout: float) -> None:
             message = exc.read().decode(errors="replace")
             if exc.code != 409 or time.monotonic() > deadline:
                 raise RuntimeError(f"route {body['src']} -> {body['dst']} refused by the orchestrator: {message}") from exc
+        except urllib.error.URLError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"route {body['src']} -> {body['dst']}: orchestrator at {url}: {exc.reason}") from exc
         time.sleep(0.5)
 
 

@@ -232,27 +232,15 @@ class NetworkModel:
                 self.reserved.pop(pair(a, b), None)
 
     # -- optical plant -----------------------------------------------------------------------------
-    def endpoints(self) -> list[Any]:
-        """QKD interfaces of switched nodes and the physical-graph vertex (NEP) their light enters."""
-        from .routing import Endpoint
-
-        out = []
-        for v in self.nodes.values():
-            if v.tapi is None:
-                continue
-            for iface in v.interfaces.values():
-                nep = _nep_of(v.tapi, v.qkdn_id, iface)
-                if nep is not None:
-                    out.append(Endpoint(v.qkdn_id, iface, nep))
-        return out
-
     def physical_graph(self) -> nx.Graph:
         """The switches' TAPI topologies merged: vertices are TAPI nodes and NEPs, edges carry `loss_db`.
 
-        A NEP hangs off its node by an edge with the node's insertion loss (half on each side of a
-        cross-connect, so that crossing a switch costs its insertion loss once). Fibre links join
-        NEPs with their `fibre-loss-db`. Nodes that several topologies show (a neighbour switch as
-        a stub) are merged by uuid.
+        A switch (a node with an `insertion-loss-db` cost value: its own topology) joins each of
+        its NEPs to its node vertex with half its insertion loss, so that light crossing it pays
+        the insertion loss once. A stub node (a fibre's far end as a neighbour's topology shows
+        it) joins nothing: light cannot cross a node without a switch. Fibre links join NEPs with
+        their `fibre-loss-db`. Topologies are merged by uuid (a fibre end's NEP has the same uuid
+        whichever node describes it).
         """
         g = nx.Graph()
         for v in self.nodes.values():
@@ -260,41 +248,59 @@ class NetworkModel:
             if topo is None:
                 continue
             for n in topo.nodes.values():
-                insertion = _float(n.cost.get("insertion-loss-db")) or 0.0
-                attrs = {"kind": "node", "names": n.names, "owner": v.qkdn_id}
-                if g.has_node(n.uuid):
-                    g.nodes[n.uuid].update({k: val for k, val in attrs.items() if k != "owner"} if n.neps else {})
-                else:
-                    g.add_node(n.uuid, **attrs)
+                insertion = _float(n.cost.get("insertion-loss-db"))
+                if not g.has_node(n.uuid):
+                    g.add_node(n.uuid, kind="node", names=n.names, switch=False, owner=None)
                 for nep in n.neps.values():
-                    g.add_node(nep.uuid, kind="nep", node=n.uuid, name=nep.name, sips=nep.sips, names=nep.names)
+                    if not g.has_node(nep.uuid):
+                        g.add_node(nep.uuid, kind="nep", node=n.uuid, names=nep.names,
+                                   sips=[topo.sips.get(s_, {}) for s_ in nep.sips])
+                    elif nep.sips:
+                        g.nodes[nep.uuid]["sips"] = [topo.sips.get(s_, {}) for s_ in nep.sips]
+                if insertion is None:
+                    continue  # a stub
+                g.nodes[n.uuid].update(switch=True, owner=v.qkdn_id, insertion_loss_db=insertion)
+                for nep in n.neps.values():
                     g.add_edge(n.uuid, nep.uuid, loss_db=insertion / 2, kind="port")
             for ln in topo.links.values():
                 if len(ln.ends) != 2 or (ln.operational_state or "ENABLED").upper() == "DISABLED":
                     continue
-                (na, ea), (nb, eb) = ln.ends
-                for node_uuid, nep in ln.ends:
-                    if not g.has_node(nep):
-                        g.add_node(nep, kind="nep", node=node_uuid, name=None, sips=(), names={})
-                        if not g.has_node(node_uuid):
-                            g.add_node(node_uuid, kind="node", names={}, owner=None)
-                        g.add_edge(node_uuid, nep, loss_db=0.0, kind="port")
+                (_, ea), (_, eb) = ln.ends
                 loss = _float(ln.cost.get("fibre-loss-db"))
-                g.add_edge(ea, eb, loss_db=loss if loss is not None else 0.0, kind="fibre", link=ln.uuid, names=ln.names)
+                g.add_edge(ea, eb, loss_db=loss if loss is not None else 0.0, kind="fibre", link=ln.uuid,
+                           names=ln.names)
         return g
 
+    def endpoints(self) -> list[Any]:
+        """Every QKD interface with the physical-graph vertex where its light enters the plant:
+        the NEP of its switch port (switched node), else the fibre ends at its node (stub NEPs)."""
+        from .routing import Endpoint
 
-def _nep_of(topo: TapiTopology, qkdn_id: str, iface: Interface) -> str | None:
-    """The NEP of the switch port a module sits on: its SIP or NEP names the module (device)."""
-    wanted = {x for x in (iface.device, f"{qkdn_id}:{iface.qkdi_id}") if x}
-    for n in topo.nodes.values():
-        for nep in n.neps.values():
-            values = set(nep.names.values())
-            for sip in nep.sips:
-                values.update(topo.sips.get(sip, {}).values())
-            if values & wanted:
-                return nep.uuid
-    return None
+        g = self.physical_graph()
+        by_label: dict[str, list[str]] = {}
+        for vtx, d in g.nodes(data=True):
+            if d.get("kind") == "nep":
+                labels = set(d.get("names", {}).values())
+                for sip in d.get("sips", []):
+                    labels.update(sip.values())
+                for label in labels:
+                    by_label.setdefault(label.rsplit("/", 1)[-1], []).append(vtx)
+        out = []
+        for v in self.nodes.values():
+            stub_neps: list[str] = []
+            if v.tapi is None:  # fibre ends at this node, as its neighbours' switches show them
+                for vtx, d in g.nodes(data=True):
+                    if d.get("kind") == "node" and not d.get("switch") and set(d.get("names", {}).values()) & {v.name, v.qkdn_id}:
+                        stub_neps.extend(nb for nb in g.adj[vtx] if g.nodes[nb].get("kind") == "nep")
+                        stub_neps.extend(x for x, dd in g.nodes(data=True) if dd.get("node") == vtx)
+            for iface in v.interfaces.values():
+                if v.tapi is not None:
+                    for vtx in by_label.get(iface.device or "", []):
+                        out.append(Endpoint(v.qkdn_id, iface, vtx))
+                else:
+                    for vtx in sorted(set(stub_neps)):
+                        out.append(Endpoint(v.qkdn_id, iface, vtx))
+        return out
 
 
 def _float(v: str | None) -> float | None:
@@ -455,13 +461,27 @@ def entry_diff(old: dict[EntryKey, str], new: dict[EntryKey, str]) -> tuple[str,
     for key in sorted(set(old) | set(new)):
         if old.get(key) == new.get(key):
             continue
-        edit.append((key, new[key] if key in new else remove_entry(key)))
+        if key not in new:
+            edit.append((key, remove_entry(key)))
+        elif key not in old:  # a new entry must not overwrite one that someone else made
+            edit.append((key, new[key].replace('nc:operation="replace"', 'nc:operation="create"', 1)))
+        else:
+            edit.append((key, new[key]))
         undo.append((key, old[key] if key in old else remove_entry(key)))
     return node_config(edit), node_config(undo)
 
 
-def routes_from_views(views: dict[str, NodeView]) -> list[Route]:
-    """Rebuild the key routes this domain installed from what its nodes hold (VIRT links + apps)."""
+def entry_is_ours(ln: VirtLink, managed: set[str]) -> bool:
+    """A node's VIRT entry is written by the domain of its next hop (of its own, at the last node)."""
+    return not ln.next_hops or ln.next_hops[0] in managed
+
+
+def routes_from_views(views: dict[str, NodeView], border: set[str] = frozenset()) -> list[Route]:  # type: ignore[assignment]
+    """Rebuild the key routes this domain installed from what its nodes hold (VIRT links + apps).
+
+    `border`: our nodes that belong to other domains too. A segment entering from another domain
+    that has only border nodes is the other domain's route ending at a shared node: not ours.
+    """
     managed = set(views)
     per_link: dict[str, dict[str, VirtLink]] = {}
     for qid, v in views.items():
@@ -472,10 +492,8 @@ def routes_from_views(views: dict[str, NodeView]) -> list[Route]:
         any_ln = next(iter(at.values()))
         if not any_ln.local_node or not any_ln.remote_node:
             continue
-        # a node's entry is ours when its next hop is ours too (or it is the last node)
         def ours(q: str) -> bool:
-            nxt = at[q].next_hops[0] if at[q].next_hops else None
-            return nxt is None or nxt in managed
+            return entry_is_ours(at[q], managed)
         heads = [q for q in at if ours(q) and not (at[q].prev_hop and at[q].prev_hop in at and ours(at[q].prev_hop))]
         if len(heads) != 1:
             continue
@@ -486,6 +504,8 @@ def routes_from_views(views: dict[str, NodeView]) -> list[Route]:
             if q is None:
                 break
         first, last = at[path[0]], at[path[-1]]
+        if first.prev_hop and first.prev_hop not in managed and set(path) <= border:
+            continue
         segments[qkdl_id] = Segment(qkdl_id, path, int(first.bandwidth or 0), any_ln.local_node, any_ln.remote_node,
                                     first.prev_hop, last.next_hops[0] if last.next_hops else None)
     routes: list[Route] = []

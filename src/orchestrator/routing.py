@@ -183,8 +183,11 @@ def _channels(wl: str | None) -> set[int] | None:
 
 
 def wavelength_ok(a: Interface, b: Interface) -> bool:
+    """Both on a common DWDM channel, or neither on the DWDM grid (e.g. O band)."""
     ca, cb = _channels(a.wavelength), _channels(b.wavelength)
-    return ca is None or cb is None or bool(ca & cb)
+    if ca is None or cb is None:
+        return ca is None and cb is None
+    return bool(ca & cb)
 
 
 def direct_links(phys: nx.Graph, endpoints: Iterable[Endpoint]) -> list[DirectLink]:

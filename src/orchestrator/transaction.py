@@ -74,6 +74,26 @@ def _failure(exc: BaseException) -> RpcFailure:
     return RpcFailure(type(exc).__name__, str(exc) or None, None)
 
 
+class _Phase(Exception):
+    def __init__(self, phase: str, exc: BaseException) -> None:
+        super().__init__(phase)
+        self.phase, self.exc = phase, exc
+
+
+def _phase_of(exc: BaseException | None) -> tuple[str, RpcFailure]:
+    if isinstance(exc, _Phase):
+        return exc.phase, _failure(exc.exc)
+    if isinstance(exc, asyncio.TimeoutError):
+        return "session", RpcFailure("timeout", "no reply in time", None)
+    return "session", _failure(exc)  # type: ignore[arg-type]
+
+
+def _first_refusal(failed: list[tuple["NodeEdit", BaseException | None]]) -> tuple["NodeEdit", BaseException | None]:
+    """The failure to report: a node's refusal rather than a lock we could not get because of it."""
+    order = {"edit-config": 0, "validate": 1, "session": 2, "lock": 3}
+    return min(failed, key=lambda f: order.get(_phase_of(f[1])[0], 9))
+
+
 class Transaction:
     """One change over several nodes. `await Transaction(edits).run()`."""
 
@@ -123,26 +143,31 @@ class Transaction:
             if exc is not None:
                 log.warning("%s: releasing the candidate failed: %s", e.session.name, _failure(exc))
 
+    async def _prepare(self, e: NodeEdit) -> None:
+        """lock, edit-config, validate on one node (the nodes are prepared concurrently)."""
+        try:
+            await self._lock(e)
+        except Exception as exc:
+            raise _Phase("lock", exc) from exc
+        self.locked.append(e)
+        for phase, fn in (("edit-config", self._edit), ("validate", self._validate)):
+            try:
+                await fn(e)
+            except Exception as exc:
+                raise _Phase(phase, exc) from exc
+
     async def run(self) -> None:
         edits = [e for e in self.edits if e.config]
         if not edits:
             return
-        # 1. lock
-        results = await self._each(edits, self._lock)
-        self.locked = [e for e, exc in results if exc is None]
-        failed = [(e, exc) for e, exc in results if exc is not None]
+        # 1. lock, edit-config and validate everywhere; nothing is committed before all succeeded
+        self.locked = []
+        failed = [(e, exc) for e, exc in await self._each(edits, self._prepare) if exc is not None]
         if failed:
-            await self._release(self.locked)
-            e, exc = failed[0]
-            raise TransactionError(e.session.name, "lock", _failure(exc))  # type: ignore[arg-type]
-        # 2. edit-config, 3. validate
-        for phase, fn in (("edit-config", self._edit), ("validate", self._validate)):
-            failed = [(e, exc) for e, exc in await self._each(edits, fn) if exc is not None]
-            if failed:
-                await self._release(edits)
-                e, exc = failed[0]
-                raise TransactionError(e.session.name, phase, _failure(exc))  # type: ignore[arg-type]
-        # 4. commit
+            await self._release(list(self.locked))
+            e, exc = _first_refusal(failed)
+            raise TransactionError(e.session.name, *_phase_of(exc))
+        # 2. commit everywhere
         results = await self._each(edits, self._commit)
         committed = [e for e, exc in results if exc is None]
         failed = [(e, exc) for e, exc in results if exc is not None]
@@ -151,7 +176,7 @@ class Transaction:
             await self._release(edits)
             e, exc = failed[0]
             raise TransactionError(e.session.name, "commit", _failure(exc), reverted, not_reverted)  # type: ignore[arg-type]
-        # 5. unlock
+        # 3. unlock
         for e, exc in await self._each(edits, lambda e: e.session.call(lambda m: m.unlock(target="candidate"))):
             if exc is not None:
                 log.warning("%s: unlock after commit failed: %s", e.session.name, _failure(exc))

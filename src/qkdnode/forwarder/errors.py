@@ -47,6 +47,10 @@ class RelayError(Exception):
             return known(err.details() or known.kind)
         return PeerUnreachable(f"neighbour {peer}: {err.code().name}: {err.details() or 'no details'}")
 
+    @classmethod
+    def from_failure(cls, kind: str, message: str) -> RelayError:
+        return cls._by_kind.get(kind, RelayError)(message)
+
 
 RelayError._by_kind[RelayError.kind] = RelayError
 

@@ -336,7 +336,7 @@ class Forwarder:
                 hop=req.hop + 1, link_id=out_link, keys=req.keys, key_size_bits=req.key_size_bits,
                 link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
             )
-            reply = await self.channels.call(down, "Prepare", nxt, CALL_TIMEOUT_S)
+            reply = await self.channels.call(down, "prepare", nxt, CALL_TIMEOUT_S)
             p.hops = reply.hops + 1
             return p
         except BaseException:
@@ -372,25 +372,23 @@ class Forwarder:
                     or len(msg.ciphertext) != n * kb or len(msg.tag) != TAG_BYTES \
                     or any(parse_key_id(k) is None for k in msg.key_ids):
                 raise BadRelayMessage(f"{self.where}: relay message does not match the prepared relay")
-            assert p.in_link is not None
-            material = await self._take_in(p.in_link, list(msg.link_key_ids), caller_name)
-            mac_key, pad = split_material(material, n * kb)
             data = authenticated_bytes(
                 relay_id=msg.relay_id, route_id=msg.route_id, origin=msg.origin, target=msg.target,
                 hop=msg.hop, link_id=msg.link_id, key_size_bits=msg.key_size_bits,
                 link_key_ids=msg.link_key_ids, key_ids=msg.key_ids, ciphertext=msg.ciphertext,
             )
-            if not wc_verify(mac_key, data, msg.tag):
-                self.counters["mac_failures"] += 1
-                raise MacMismatch(f"{self.where}: tag of the hop from {caller_name} does not verify; "
-                                  f"relay {p.relay_id} dropped")
-            plain = xor(msg.ciphertext, pad)
+
+            def verify(material: bytes) -> bool:
+                return wc_verify(split_material(material, n * kb)[0], data, msg.tag)
+
+            material, taken = await self._hop_take(p, list(msg.link_key_ids), caller_name, verify)
+            plain = xor(msg.ciphertext, split_material(material, n * kb)[1])
             keys = [plain[i * kb:(i + 1) * kb] for i in range(n)]
             if self.node_id == p.target:
                 await self._store(p, list(msg.key_ids), keys)
                 self.counters["relays_stored"] += 1
                 return pb.CommitReply(stored=n)
-            reply = await self._forward(p, list(msg.key_ids), keys)
+            reply = await self._forward(p, list(msg.key_ids), keys, taken)
             self.counters["relays_forwarded"] += 1
             return reply
         except RelayError:
@@ -413,17 +411,19 @@ class Forwarder:
     async def _abort_downstream(self, p: Pending, reason: str) -> None:
         assert p.downstream is not None
         try:
-            await self.channels.call(p.downstream, "Abort", pb.AbortRequest(
+            await self.channels.call(p.downstream, "abort", pb.AbortRequest(
                 relay_id=p.relay_id, route_id=p.route_id, reason=reason[:200]), CALL_TIMEOUT_S)
         except RelayError as err:  # reservations downstream expire on their own
             log.info("abort of relay %s towards %s: %s", p.relay_id, p.downstream.name, err.message)
 
-    async def _forward(self, p: Pending, ids: list[str], keys: list[bytes]) -> pb.CommitReply:
-        """Take this hop's reserved link keys, pad and tag the keys, send them to the next hop."""
+    async def _forward(self, p: Pending, ids: list[str], keys: list[bytes],
+                       taken: Delivery | None = None) -> pb.CommitReply:
+        """Pad and tag the keys with this hop's link keys (taken here unless `taken`), send them on."""
         assert p.downstream is not None and p.out_link is not None
-        taken = await self._take_out(p.out_link, p.out_link_keys, p.downstream.name)
-        self._reserved_keys[p.out_link] -= p.out_link_keys
-        p.out_link_keys = 0
+        if taken is None:
+            taken = await self._take_out(p.out_link, p.out_link_keys, p.downstream.name)
+            self._reserved_keys[p.out_link] -= p.out_link_keys
+            p.out_link_keys = 0
         payload = b"".join(keys)
         mac_key, pad = split_material(b"".join(k for _, k in taken), len(payload))
         msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.route_id, origin=p.origin, target=p.target,
@@ -439,7 +439,7 @@ class Forwarder:
 
     async def send_commit(self, nb: Neighbour, msg: pb.RelayHop) -> pb.CommitReply:
         """Send one relay hop (a separate method so that tests can play the attacker on the wire)."""
-        return await self.channels.call(nb, "Commit", msg, CALL_TIMEOUT_S)
+        return await self.channels.call(nb, "commit", msg, CALL_TIMEOUT_S)
 
     # -- link keys -----------------------------------------------------------------------------------
     def _ledger(self, sender: str, receiver: str) -> tuple[str, str]:
@@ -459,36 +459,82 @@ class Forwarder:
                                f"({_describe(failed[0])}; {got} taken)")
         return [kv for r in results for kv in r]  # type: ignore[union-attr]
 
-    async def _take_in(self, link_id: str, ids: list[str], peer: str) -> bytes:
-        """Take exactly the link keys the sender named (the peer's parity), in its order."""
-        st = self.store.stats(link_id)
+    async def _hop_take(self, p: Pending, in_ids: list[str], peer: str,
+                        verify: Callable[[bytes], bool]) -> tuple[bytes, Delivery]:
+        """One store transaction for a hop: take the link keys the sender named (its parity, all or
+        nothing), check the tag with them, and take this node's reserved link keys for the next hop.
+        Committed (one fsync) only if everything holds; otherwise rolled back, so a failed hop takes
+        nothing for the next hop. On a bad tag the named link keys are then taken on their own, as
+        the sender took its copies. Returns (the named link keys' bytes, the next hop's link keys)."""
+        assert p.in_link is not None
+        st = self.store.stats(p.in_link)
         lim = st.max_keys_per_request
         master, slave = self._ledger(peer, self.node_name)
-        chunks = [ids[i:i + lim] for i in range(0, len(ids), lim)]
-        out: list[bytes | None] = [None] * len(chunks)
+        in_reqs = [SlaveRequest(p.in_link, tuple(in_ids[i:i + lim]), master, slave) for i in range(0, len(in_ids), lim)]
+        out_reqs: list[MasterRequest] = []
+        if p.downstream is not None and p.out_link is not None:
+            ost = self.store.stats(p.out_link)
+            olim, m = ost.max_keys_per_request, p.out_link_keys
+            omaster, oslave = self._ledger(self.node_name, p.downstream.name)
+            out_reqs = [MasterRequest(p.out_link, omaster, oslave, min(olim, m - i), ost.key_size_bits)
+                        for i in range(0, m, olim)]
         deadline = time.monotonic() + LINK_SEQ_WAIT_S
         while True:
-            todo = [i for i, o in enumerate(out) if o is None]
-            results = await asyncio.gather(
-                *(self.committer.deliver(SlaveRequest(link_id, tuple(chunks[i]), master, slave)) for i in todo),
-                return_exceptions=True)
-            retry = False
-            for i, r in zip(todo, results, strict=True):
-                if not isinstance(r, BaseException):
-                    out[i] = b"".join(k for _, k in r)
-                elif isinstance(r, KeysNotAvailable) and all(d.get("reason") == "unknown" for d in r.details) \
-                        and time.monotonic() < deadline:
-                    retry = True  # our feeder has not stored them yet
+            last = self.store.stats(p.in_link).last_seq
+            status, material, taken, detail = await asyncio.to_thread(self._hop_tx, in_reqs, out_reqs, verify)
+            if status == "ok":
+                if out_reqs:
+                    assert p.out_link is not None
+                    self._reserved_keys[p.out_link] -= p.out_link_keys
+                    p.out_link_keys = 0
+                    self.counters["link_keys_sent"] += len(taken)
+                return material, taken
+            if status == "unknown" and time.monotonic() < deadline:  # our feeder has not stored them yet
+                while self.store.stats(p.in_link).last_seq == last and time.monotonic() < deadline:
+                    await asyncio.sleep(0.002)
+                continue
+            if status == "mac":
+                self.counters["mac_failures"] += 1
+                await asyncio.to_thread(self._hop_tx, in_reqs, [], None)
+                raise MacMismatch(f"{self.where}: tag of the hop from {peer} does not verify; "
+                                  f"relay {p.relay_id} dropped")
+            if status == "short":
+                raise LinkKeyShort(f"{self.where}: could not take the reserved link keys ({detail})")
+            raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available ({detail})")
+
+    def _hop_tx(self, in_reqs: list[SlaveRequest], out_reqs: list[MasterRequest],
+                verify: Callable[[bytes], bool] | None) -> tuple[str, bytes, Delivery, str]:
+        """(worker thread) The transaction of `_hop_take`: status ok | unknown | mismatch | mac | short
+        | storage, the named link keys' bytes and the taken link keys (both empty unless ok)."""
+        batch = self.store.begin_batch([*in_reqs, *out_reqs])
+        status, detail, material, taken = "ok", "", b"", []
+        try:
+            results = list(batch.results)
+            if batch.error is not None or len(results) != len(in_reqs) + len(out_reqs):
+                status, detail = "storage", batch.error or "incomplete batch"
+            else:
+                ins, outs = results[:len(in_reqs)], results[len(in_reqs):]
+                err = next((r for r in ins if isinstance(r, KeyStoreError)), None)
+                if err is not None:
+                    unknown = isinstance(err, KeysNotAvailable) and all(d.get("reason") == "unknown" for d in err.details)
+                    status, detail = ("unknown" if unknown else "mismatch"), _describe(err)
                 else:
-                    raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available "
-                                          f"({_describe(r)})")
-            if all(o is not None for o in out):
-                return b"".join(out)  # type: ignore[arg-type]
-            if not retry:
-                raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available")
-            last = self.store.stats(link_id).last_seq
-            while self.store.stats(link_id).last_seq == last and time.monotonic() < deadline:
-                await asyncio.sleep(0.002)
+                    material = b"".join(k for r in ins for _, k in r)  # type: ignore[union-attr]
+                    if verify is not None and not verify(material):
+                        status = "mac"
+                    elif (err := next((r for r in outs if isinstance(r, KeyStoreError)), None)) is not None:
+                        status, detail = "short", _describe(err)
+                    else:
+                        taken = [kv for r in outs for kv in r]  # type: ignore[union-attr]
+            if status != "ok":
+                batch.fail(RuntimeError(status))  # finish_batch rolls the whole transaction back
+        finally:
+            final = self.store.finish_batch(batch)
+        if status == "ok" and any(isinstance(r, KeyStoreError) for r in final):
+            status, detail = "storage", "commit failed"
+        if status != "ok":
+            return status, b"", [], detail
+        return status, material, taken, detail
 
     # -- relay key associations ----------------------------------------------------------------------
     async def _store(self, p: Pending, ids: list[str], keys: list[bytes]) -> None:

@@ -9,6 +9,8 @@ SAN), so a relay never reaches a node other than the one the route names.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ..pki import CertPaths
-from .errors import NotNeighbour, RelayError
+from .errors import NotNeighbour, PeerUnreachable, RelayError
 
 try:
     from . import relay_pb2 as pb
@@ -60,14 +62,19 @@ def peer_name(context: grpc.aio.ServicerContext) -> str | None:
 Handler = Callable[[Any, str], Awaitable[Any]]
 
 
+_REQUESTS = {"prepare": ("prepared", 0), "commit": ("committed", 1), "abort": ("aborted", 2)}
+
+
 class _Servicer(pb_grpc.KeyRelayServicer):
-    """Checks the caller, runs the handler, renders RelayErrors as gRPC status + metadata."""
+    """Checks the caller, runs the handler, renders RelayErrors as gRPC status + metadata
+    (unary calls) or as `Failure` replies (the Hop stream)."""
 
     def __init__(self, neighbours: Callable[[], dict[str, Neighbour]], node_name: str,
                  prepare: Handler, commit: Handler, abort: Handler) -> None:
         self._neighbours = neighbours
         self._node_name = node_name
         self._prepare, self._commit, self._abort = prepare, commit, abort
+        self.closing = asyncio.Event()  # set by RelayServer.stop: Hop streams end after their requests
 
     async def _run(self, handler: Handler, request: Any, context: grpc.aio.ServicerContext) -> Any:
         caller = peer_name(context)
@@ -80,6 +87,52 @@ class _Servicer(pb_grpc.KeyRelayServicer):
         except Exception:
             log.exception("relay call from %s failed", caller)
             await context.abort(grpc.StatusCode.INTERNAL, f"{self._node_name}: internal error")
+
+    async def Hop(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """The neighbour's long-lived stream: each request runs in its own task, replies as they finish."""
+        caller = peer_name(context)
+        if caller is None or caller not in self._neighbours():
+            err = NotNeighbour(f"{self._node_name}: certificate {caller or '(no CN)'} is not a neighbour's")
+            await context.abort(err.code, err.message, trailing_metadata=err.metadata())
+        handlers = (self._prepare, self._commit, self._abort)
+        write_lock = asyncio.Lock()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(msg: pb.HopMessage) -> None:
+            kind = msg.WhichOneof("body")
+            reply = pb.HopMessage(call_id=msg.call_id)
+            try:
+                if kind not in _REQUESTS:
+                    raise RelayError(f"{self._node_name}: unexpected message {kind}")
+                field, i = _REQUESTS[kind]
+                getattr(reply, field).CopyFrom(await handlers[i](getattr(msg, kind), caller))
+            except RelayError as err:
+                reply.failure.kind, reply.failure.message = err.kind, err.message
+            except Exception:
+                log.exception("relay call from %s failed", caller)
+                reply.failure.kind, reply.failure.message = RelayError.kind, f"{self._node_name}: internal error"
+            async with write_lock:
+                await context.write(reply)
+
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            while True:
+                read = asyncio.ensure_future(context.read())
+                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    break
+                msg = read.result()
+                if msg is grpc.aio.EOF:
+                    break
+                t = asyncio.create_task(serve(msg))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            closing.cancel()
+            for t in tasks:
+                t.cancel()
 
     async def Prepare(self, request: pb.PrepareRequest, context: grpc.aio.ServicerContext) -> pb.PrepareReply:
         return await self._run(self._prepare, request, context)
@@ -118,16 +171,80 @@ class RelayServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:
+            self.servicer.closing.set()
             await self.server.stop(grace)
             self.server = None
 
 
+class HopStream:
+    """The client end of one Hop stream to a neighbour: concurrent requests, replies by call_id."""
+
+    def __init__(self, stub: pb_grpc.KeyRelayStub, peer: str) -> None:
+        self.peer = peer
+        self._call = stub.Hop()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[pb.HopMessage]] = {}
+        self._write_lock = asyncio.Lock()
+        self._reader = asyncio.create_task(self._read())
+        self.broken = False
+
+    async def _read(self) -> None:
+        reason = "stream closed"
+        try:
+            while (msg := await self._call.read()) is not grpc.aio.EOF:
+                fut = self._waiting.pop(msg.call_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+        except grpc.aio.AioRpcError as err:
+            reason = f"{err.code().name}: {err.details() or 'no details'}"
+            kind = next((v for k, v in (err.trailing_metadata() or ()) if k == "relay-error"), None)
+            if kind == NotNeighbour.kind:
+                reason = err.details() or reason
+        except asyncio.CancelledError:
+            reason = "stream cancelled"
+        finally:
+            self.broken = True
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(PeerUnreachable(f"neighbour {self.peer}: {reason}"))
+            self._waiting.clear()
+
+    async def request(self, field: str, body: Any, timeout: float) -> pb.HopMessage:
+        if self.broken:
+            raise PeerUnreachable(f"neighbour {self.peer}: stream closed")
+        call_id = next(self._ids)
+        fut: asyncio.Future[pb.HopMessage] = asyncio.get_running_loop().create_future()
+        self._waiting[call_id] = fut
+        msg = pb.HopMessage(call_id=call_id)
+        getattr(msg, field).CopyFrom(body)
+        try:
+            async with self._write_lock:
+                await self._call.write(msg)
+            return await asyncio.wait_for(fut, timeout)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as err:
+            self.broken = True
+            raise PeerUnreachable(f"neighbour {self.peer}: {type(err).__name__}") from None
+        except TimeoutError:
+            raise PeerUnreachable(f"neighbour {self.peer}: no answer within {timeout:.0f} s") from None
+        finally:
+            self._waiting.pop(call_id, None)
+
+    async def close(self) -> None:
+        self._call.cancel()
+        self._reader.cancel()
+        await asyncio.gather(self._reader, return_exceptions=True)
+
+
+_REPLY = {"prepare": "prepared", "commit": "committed", "abort": "aborted"}
+
+
 class NeighbourChannels:
-    """One lazily opened mutual-TLS channel (and stub) per neighbour, keyed by node name."""
+    """One lazily opened mutual-TLS channel (stub and Hop stream) per neighbour, keyed by node name."""
 
     def __init__(self, pki: CertPaths) -> None:
         self.pki = pki
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.KeyRelayStub, tuple[str, int]]] = {}
+        self._streams: dict[str, HopStream] = {}
 
     def stub(self, nb: Neighbour) -> pb_grpc.KeyRelayStub:
         if nb.host is None or nb.port is None:
@@ -145,14 +262,30 @@ class NeighbourChannels:
         return stub
 
     async def call(self, nb: Neighbour, method: str, request: Any, timeout: float) -> Any:
-        """Call `method` on the neighbour; its RelayError (or a transport failure) is raised as such."""
+        """Call `method` (prepare, commit, abort) on the neighbour over its Hop stream; the
+        neighbour's RelayError (or a transport failure) is raised as such."""
         stub = self.stub(nb)
+        stream = self._streams.get(nb.name)
+        if stream is None or stream.broken:
+            if stream is not None:
+                await stream.close()
+            stream = self._streams[nb.name] = HopStream(stub, nb.name)
+        reply = await stream.request(method, request, timeout)
+        if reply.WhichOneof("body") == "failure":
+            raise RelayError.from_failure(reply.failure.kind, reply.failure.message)
+        return getattr(reply, _REPLY[method])
+
+    async def unary(self, nb: Neighbour, method: str, request: Any, timeout: float) -> Any:
+        """The same as a unary call (Prepare, Commit, Abort)."""
         try:
-            return await getattr(stub, method)(request, timeout=timeout)
+            return await getattr(self.stub(nb), method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             raise RelayError.from_rpc_error(err, nb.name) from None
 
     async def close(self) -> None:
+        for stream in self._streams.values():
+            await stream.close()
+        self._streams.clear()
         for channel, _, _ in self._stubs.values():
             await channel.close()
         self._stubs.clear()

@@ -1,0 +1,106 @@
+"""Two domains, one orchestrator each, joined at a border node (examples/two-domains.yaml), and the
+direct-link enumeration on a switched network (examples/switched.yaml), both after `qkdnet up`."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from test_orchestrator_helpers import (
+    ROOT, UpNetwork, api, apps, dec_keys, enc_keys, forwarder_available, qkdnet_up, virt_links, wait_for,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpNetwork]:
+    up = qkdnet_up(ROOT / "examples" / "two-domains.yaml", tmp_path_factory.mktemp("orch-domains") / "net")
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+def test_each_domain_installs_its_segment_of_the_declared_route(domains: UpNetwork) -> None:
+    net = domains.net
+    assert set(net["orchestrators"]) == {"west", "east"}
+    assert net["nodes"]["gw"]["domains"] == ["west", "east"]
+    rid = net["routes"]["west-east"]["qkdl_id"]
+    st, west = api(f"{domains.url('west')}/routes/{rid}")
+    assert st == 200, west
+    st, east = api(f"{domains.url('east')}/routes/{rid}")
+    assert st == 200, east
+    assert west["origin"] and not east["origin"]
+    assert west["paths"][0]["nodes"] == ["alice", "w1"] and west["paths"][0]["downstream"] == "gw"
+    assert east["paths"][0]["nodes"][0] == "gw" and east["paths"][0]["nodes"][-1] == "bob"
+    assert east["paths"][0]["upstream"] == net["nodes"]["w1"]["node_id"]  # w1 is not east's to name
+    # one key association: the same qkdl_id on every node of the path, hops across the boundary
+    ids = {n: i["node_id"] for n, i in net["nodes"].items()}
+    full = ["alice", "w1", *east["paths"][0]["nodes"]]
+    for k, node in enumerate(full):
+        vl = virt_links(domains.endpoint(node))[rid]
+        assert (vl["local"], vl["remote"]) == (ids["alice"], ids["bob"])
+        assert vl["prev"] == (ids[full[k - 1]] if k else None)
+        assert vl["next"] == ([ids[full[k + 1]]] if k < len(full) - 1 else [])
+    assert rid in apps(domains.endpoint("alice")) and rid in apps(domains.endpoint("bob"))
+
+
+def test_peers_see_only_the_abstract_view(domains: UpNetwork) -> None:
+    st, view = api(f"{domains.url('east')}/abstract?node=bob")
+    assert st == 200
+    gw = domains.net["nodes"]["gw"]["node_id"]
+    assert set(view) == {"domain", "border", "node", "spare_bps"}
+    assert list(view["border"]) == [gw] and view["spare_bps"][gw] > 0
+    assert view["node"] == domains.net["nodes"]["bob"]["node_id"]
+
+
+@pytest.mark.skipif(not forwarder_available(), reason="src/qkdnode/forwarder has no relay server yet")
+def test_014_keys_between_the_domains(domains: UpNetwork) -> None:
+    st, body = enc_keys(domains.net, "alice", "sae-west", "sae-east")
+    assert st == 200, body
+    st, got = dec_keys(domains.net, "bob", "sae-east", "sae-west", [k["key_ID"] for k in body["keys"]])
+    assert st == 200 and got["keys"] == body["keys"]
+
+
+def test_cross_domain_route_deleted_and_provisioned_over_rest(domains: UpNetwork) -> None:
+    rid = domains.net["routes"]["west-east"]["qkdl_id"]
+    st, gone = api(f"{domains.url('west')}/routes/{rid}", "DELETE")
+    assert st == 200, gone
+    assert api(f"{domains.url('east')}/routes/{rid}")[0] == 404
+    for node in domains.net["nodes"]:
+        assert rid not in virt_links(domains.endpoint(node))
+    st, r = api(f"{domains.url('east')}/routes", "POST",
+                {"src": "bob", "dst": "alice", "rate_bps": 15000, "saes": ["sae-east", "sae-west"]})
+    assert st == 201, r
+    assert r["peer_domain"] == "west" and r["paths"][0]["nodes"][0] == "bob"
+    st, w = api(f"{domains.url('west')}/routes/{r['id']}")
+    assert st == 200 and w["paths"][0]["nodes"][-1] == "alice"
+    if forwarder_available():
+        st, body = wait_for(lambda: (lambda res: res if res[0] == 200 else None)(
+            enc_keys(domains.net, "bob", "sae-east", "sae-west")), 10, "keys east -> west")
+        st, got = dec_keys(domains.net, "alice", "sae-west", "sae-east", [k["key_ID"] for k in body["keys"]])
+        assert st == 200 and got["keys"] == body["keys"]
+
+
+@pytest.fixture(scope="module")
+def switched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpNetwork]:
+    up = qkdnet_up(ROOT / "examples" / "switched.yaml", tmp_path_factory.mktemp("orch-switched") / "net")
+    try:
+        yield up
+    finally:
+        up.stop()
+
+
+def test_direct_links_through_the_optical_switches(switched: UpNetwork) -> None:
+    st, body = api(f"{switched.url('lab')}/direct-links")
+    assert st == 200
+    got = {(d["emitter"]["device"], d["receiver"]["device"]): d for d in body["direct_links"]}
+    # examples/switched.yaml: tx-a -> rx-b 2.0 dB fibre + 2 x 1.0 dB switches; tx-a -> rx-c 2.0 + 3.0 + 2 x 1.0
+    assert set(got) == {("tx-a", "rx-b"), ("tx-a", "rx-c")}
+    assert got[("tx-a", "rx-b")]["loss_db"] == pytest.approx(4.0)
+    assert got[("tx-a", "rx-c")]["loss_db"] == pytest.approx(7.0)
+    assert all(d["budget_db"] == pytest.approx(12.0) and d["technology"] == "CV-QKD" for d in got.values())
+    st, topo = api(f"{switched.url('lab')}/topology")
+    assert sorted(f["loss_db"] for f in topo["physical_graph"]["fibres"]) == [2.0, 3.0]

@@ -1,0 +1,136 @@
+"""Pure pieces of the orchestrator, table-driven: path computation, direct links, route entries
+and their reconstruction from the nodes' data (what a restarted orchestrator relies on)."""
+
+from __future__ import annotations
+
+import networkx as nx
+import pytest
+from lxml import etree
+
+from orchestrator.discovery import parse_node
+from orchestrator.inventory import InventoryError, from_network_json, load_inventory
+from orchestrator.model import (
+    QKD_NS, Interface, NodeView, Route, Segment, entry_diff, route_entries, routes_from_views, sae_uuid,
+)
+from orchestrator.routing import Endpoint, NoRoute, direct_links, generated_graph, key_route, shortest_feasible_path
+
+NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+
+
+def graph(edges: list[tuple[str, str, int]]) -> nx.Graph:
+    g = nx.Graph()
+    for a, b, spare in edges:
+        g.add_node(a, name=a)
+        g.add_node(b, name=b)
+        g.add_edge(a, b, spare=spare, capacity=spare, reserved=0, links=[], up=["x"])
+    return g
+
+
+SQUARE = [("a", "b", 100), ("b", "c", 100), ("a", "d", 60), ("d", "c", 60), ("a", "c", 10)]
+
+
+@pytest.mark.parametrize("rate, expected", [
+    (10, [(("a", "c"), 10)]),                      # the direct hop has enough
+    (50, [(("a", "b", "c"), 50)]),                 # fewest hops among the feasible; widest first
+    (100, [(("a", "b", "c"), 100)]),
+    (150, [(("a", "b", "c"), 100), (("a", "d", "c"), 50)]),  # split: widest paths on the residual
+    (170, [(("a", "b", "c"), 100), (("a", "d", "c"), 60), (("a", "c"), 10)]),
+])
+def test_key_route(rate: int, expected: list[tuple[tuple[str, ...], int]]) -> None:
+    got = key_route(graph(SQUARE), "a", "c", rate)
+    assert [(s.nodes, s.rate) for s in got] == expected
+
+
+def test_key_route_refuses_what_no_split_carries() -> None:
+    with pytest.raises(NoRoute) as exc:
+        key_route(graph(SQUARE), "a", "c", 171)
+    assert exc.value.best_bps == 170
+    with pytest.raises(NoRoute):
+        key_route(graph([("a", "b", 5), ("c", "d", 5)]), "a", "d", 1)
+
+
+def test_pathcomp_on_a_large_graph() -> None:
+    g = generated_graph(1000, 5000, seed=3)
+    assert g.number_of_edges() == 5000 and nx.is_connected(g)
+    path = shortest_feasible_path(g, "n0", "n999", 1000)
+    assert path is not None and path[0] == "n0" and path[-1] == "n999"
+    assert all(g.edges[a, b]["spare"] >= 1000 for a, b in zip(path, path[1:]))
+
+
+def test_direct_links_respect_budget_technology_and_wavelength() -> None:
+    g = nx.Graph()
+    g.add_edge("tx", "sw", loss_db=0.5)
+    for port, loss in (("rx1", 0.5), ("rx2", 0.5), ("line", 0.5)):
+        g.add_edge("sw", port, loss_db=loss)
+    g.add_edge("line", "far", loss_db=20.0)
+
+    def ep(node: str, vtx: str, role: str, tech: str = "DV-QKD", wl: str | None = "34", budget: float = 12.0) -> Endpoint:
+        return Endpoint(node, Interface(1, tech, role, wl, budget, device=vtx), vtx)
+
+    eps = [ep("A", "tx", "TRANSMITTER"), ep("B", "rx1", "RECEIVER"), ep("C", "rx2", "RECEIVER", wl="35"),
+           ep("D", "far", "RECEIVER"), ep("E", "rx2", "RECEIVER", tech="CV-QKD"), ep("A", "rx1", "RECEIVER")]
+    got = direct_links(g, eps)
+    assert [(d.emitter.qkdn_id, d.receiver.qkdn_id, d.loss_db) for d in got] == [("A", "B", 1.0)]
+
+
+
+def _parse(name: str, qkdn_id: str, entries: dict[tuple[str, str], str]) -> NodeView:
+    apps = "".join(x for k, x in entries.items() if k[0] == "qkd_app")
+    links = "".join(x for k, x in entries.items() if k[0] == "qkd_link")
+    xml = (f'<data xmlns:nc="{NC}"><qkd_node xmlns="{QKD_NS}" xmlns:etsi-qkdn-types="urn:etsi:qkd:yang:etsi-qkd-node-types">'
+           f"<qkdn_id>{qkdn_id}</qkdn_id><qkd_applications>{apps}</qkd_applications><qkd_links>{links}</qkd_links>"
+           "</qkd_node></data>")
+    return parse_node(name, etree.fromstring(xml))
+
+
+def test_routes_rebuilt_from_the_entries_they_wrote() -> None:
+    seg0 = Segment("r1", ["a", "b", "c"], 100, "a", "c")
+    seg1 = Segment("r1-2", ["a", "d", "c"], 50, "a", "c")
+    route = Route("r1", "a", "c", ("sae-1", "sae 2"), 150, 200, [seg0, seg1], (sae_uuid("sae-1"), sae_uuid("sae 2")))
+    entries = route_entries(route, {"a", "b", "c", "d"})
+    assert set(entries["a"]) == {("qkd_link", "r1"), ("qkd_link", "r1-2"), ("qkd_app", "r1")}
+    assert set(entries["b"]) == {("qkd_link", "r1")}
+    views = {q: _parse(q, q, entries.get(q, {})) for q in "abcd"}
+    [back] = routes_from_views(views)
+    assert (back.route_id, back.src, back.dst, back.saes, back.min_rate, back.max_rate) == \
+        ("r1", "a", "c", ("sae-1", "sae 2"), 150, 200)
+    assert [(s.qkdl_id, s.path, s.rate) for s in back.segments] == [("r1", ["a", "b", "c"], 100), ("r1-2", ["a", "d", "c"], 50)]
+    assert route_entries(back, set("abcd")) == entries  # a restarted orchestrator would write nothing
+
+
+def test_cross_domain_ownership_of_the_border_entry() -> None:
+    # west: s, x, g (border); east: g, y, t.  One association s -> t; west writes s, x; east writes g, y, t.
+    west = Route("r", "s", "t", (), 10, 10, [Segment("r", ["s", "x"], 10, "s", "t", None, "g")])
+    east = Route("r", "s", "t", (), 10, 10, [Segment("r", ["g", "y", "t"], 10, "s", "t", "x", None)], origin=False)
+    w_entries = route_entries(west, {"s", "x", "g"})
+    e_entries = route_entries(east, {"g", "y", "t"})
+    assert set(w_entries) == {"s", "x"} and set(e_entries) == {"g", "y", "t"}
+    every = {q: {**w_entries.get(q, {}), **e_entries.get(q, {})} for q in "sxgyt"}
+    w_views = {q: _parse(q, q, every[q]) for q in ("s", "x", "g")}
+    e_views = {q: _parse(q, q, every[q]) for q in ("g", "y", "t")}
+    [w] = routes_from_views(w_views, {"g"})
+    [e] = routes_from_views(e_views, {"g"})
+    assert (w.segments[0].path, w.segments[0].downstream, w.origin) == (["s", "x"], "g", True)
+    assert (e.segments[0].path, e.segments[0].upstream, e.origin) == (["g", "y", "t"], "x", False)
+
+
+def test_entry_diff_creates_new_entries_and_reverts_exactly() -> None:
+    old = {("qkd_link", "l1"): '<qkd_link nc:operation="replace"><qkdl_id>l1</qkdl_id></qkd_link>'}
+    new = {("qkd_link", "l2"): '<qkd_link nc:operation="replace"><qkdl_id>l2</qkdl_id></qkd_link>'}
+    edit, undo = entry_diff(old, new)
+    assert 'nc:operation="create"><qkdl_id>l2' in edit and 'nc:operation="remove"><qkdl_id>l1' in edit
+    assert 'nc:operation="remove"><qkdl_id>l2' in undo and 'nc:operation="replace"><qkdl_id>l1' in undo
+    assert entry_diff(old, old) == ("", "")
+
+
+def test_inventory_from_network_json_filters_by_domain(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    nc = {"host": "127.0.0.1", "port": 1, "username": "u", "password": "p"}
+    net = {"topology": "t", "state_dir": "/x", "nodes": {
+        "a": {"domain": "west", "netconf": nc}, "g": {"domain": "west", "domains": ["west", "east"], "netconf": nc},
+        "b": {"domain": "east", "netconf": nc}}, "orchestrators": {"east": {"url": "http://e"}}}
+    inv = from_network_json(net, "east")
+    assert inv.names() == ["b", "g"] and inv.border_nodes() == ["g"] and inv.peers == {}
+    assert from_network_json(net, "west").peers == {"east": "http://e"}
+    (tmp_path / "inv.yaml").write_text("domain: lab\nnodes:\n  - name: n1\n    netconf: {host: h, port: 830}\n")
+    with pytest.raises(InventoryError, match="missing username, password"):
+        load_inventory(tmp_path / "inv.yaml")
