@@ -497,6 +497,31 @@ def test_served_tapi_valid_for_official_modules(net: Net, nc: Callable[[str], An
         validate_tapi(data, with_state=True, ctx=official_ctx)
 
 
+@pytest.mark.timeout(60)
+def test_served_tapi_valid_for_official_modules_with_yanglint(
+    net: Net, nc: Callable[[str], Any], tmp_path: Path
+) -> None:
+    """The same check with Debian's yanglint CLI (`-t config` / `-t data`, full validation)."""
+    import shutil
+    import subprocess
+
+    if not official_tapi_available():
+        pytest.skip(f"official TAPI 2.1.3 modules absent: {OFFICIAL_TAPI}")
+    if shutil.which("yanglint") is None:
+        pytest.skip("yanglint (Debian libyang2-tools) is not installed")
+    mods = tmp_path / "official"
+    official_tapi_context(mods)  # copies the official modules as <name>.yang
+    files = [str(mods / f"{n}.yang") for n in ("tapi-common", "tapi-topology", "tapi-connectivity",
+                                                 "tapi-photonic-media")]
+    for node, config, data in _served(net, nc):
+        for kind, doc in (("config", config), ("data", data)):
+            f = tmp_path / f"{node}-{kind}.xml"
+            f.write_text(doc)
+            r = subprocess.run(["yanglint", "-e", "-t", kind, "-p", str(mods), *files, str(f)],
+                               capture_output=True, text=True, timeout=30)
+            assert r.returncode == 0, f"yanglint refused {node} {kind}: {r.stderr}"
+
+
 # -- the rules, table-driven (no network) -------------------------------------------------------------
 def _switch() -> Any:
     from qkdnode.tapi.model import Switch
