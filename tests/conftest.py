@@ -469,3 +469,38 @@ def env_with_venv() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+# -- suite budgets -------------------------------------------------------------------------------------
+# Every test has a timeout (pytest-timeout, pyproject.toml). Each test file (suite) also has a time
+# budget: SUITE_BUDGET_S in the module, else DEFAULT_SUITE_BUDGET_S. Tests never assert on time; the
+# session ends with a report of each suite against its budget so that a slow suite is seen, and long
+# soak/fuzz runs stay behind their own make targets.
+DEFAULT_SUITE_BUDGET_S = 90.0
+_suite_times: dict[str, float] = {}
+_suite_budgets: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    suite = report.nodeid.split("::", 1)[0]
+    _suite_times[suite] = _suite_times.get(suite, 0.0) + report.duration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        suite = item.nodeid.split("::", 1)[0]
+        module = getattr(item, "module", None)
+        _suite_budgets[suite] = float(getattr(module, "SUITE_BUDGET_S", DEFAULT_SUITE_BUDGET_S))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _suite_times:
+        return
+    over = [(s, t, _suite_budgets.get(s, DEFAULT_SUITE_BUDGET_S)) for s, t in _suite_times.items()
+            if t > _suite_budgets.get(s, DEFAULT_SUITE_BUDGET_S)]
+    terminalreporter.section("suite budgets")
+    for suite, t in sorted(_suite_times.items(), key=lambda kv: -kv[1])[:8]:
+        budget = _suite_budgets.get(suite, DEFAULT_SUITE_BUDGET_S)
+        terminalreporter.write_line(f"{suite}: {t:.1f} s (budget {budget:.0f} s)")
+    for suite, t, budget in over:
+        terminalreporter.write_line(f"OVER BUDGET: {suite} took {t:.1f} s, budget {budget:.0f} s")
