@@ -34,6 +34,7 @@ class State:
     up: UpNetwork
     url: str
     record: Path
+    topology: Path
     keys: list[str] = []  # base64 key material seen by the SAEs in these tests
     route: dict[str, Any] = {}
 
@@ -46,6 +47,7 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[State]]:
     State.up = qkdnet_up(topo, tmp / "net")
     State.url = State.up.url("lab")
     State.record = tmp / "netconf-record.xml"
+    State.topology = topo
     State.keys = []
     try:
         yield State
@@ -117,6 +119,7 @@ def test_a_restarted_orchestrator_changes_nothing(ring: type[State]) -> None:
 
     os.kill(ring.up.net["orchestrators"]["lab"]["pid"], signal.SIGTERM)
     wait_for(lambda: api_down(ring.url), 10, "the first orchestrator to stop")
+    ring.topology.rename(ring.topology.with_suffix(".unreadable"))  # the orchestrator learns from the nodes only
     proc, url = start_orchestrator(ring.up.state, "lab", record=ring.record)
     ring.up.extra.append(proc)
     ring.url = url
@@ -229,6 +232,37 @@ def test_a_cut_fibre_is_healed_under_the_same_qkdl_id(ring: type[State]) -> None
     finally:
         subprocess.run([sys.executable, "-m", "orchestrator.netctl", "fibre", "restore", fibre, "--state-dir",
                         str(ring.up.state)], capture_output=True)
+
+
+def test_a_lost_transit_node_is_routed_around(ring: type[State]) -> None:
+    import os
+    import signal
+
+    rid = ring.up.net["routes"]["a-c"]["qkdl_id"]
+    st, r = api(f"{ring.url}/routes/{rid}")
+    assert st == 200 and r["status"] == "up", r
+    transit = r["paths"][0]["nodes"][1]
+    other = ({"b", "d"} - {transit}).pop()
+    wait_for(lambda: all(ln["up"] for ln in api(f"{ring.url}/links")[1]["phys"]), 20, "every link up again")
+    os.kill(ring.up.net["nodes"][transit]["pid"], signal.SIGKILL)  # the node process crashes
+
+    def moved() -> dict[str, Any] | None:
+        st, now = api(f"{ring.url}/routes/{rid}")
+        return now if st == 200 and now["paths"][0]["nodes"] == ["a", other, "c"] else None
+
+    healed = wait_for(moved, 20, f"route a-c to avoid the lost node {transit}")
+    assert healed["status"] == "up"
+    i = ids(ring)
+    assert virt_links(ring.up.endpoint("a"))[rid]["next"] == [i[other]]
+    assert virt_links(ring.up.endpoint("c"))[rid]["prev"] == i[other]
+    st, events = api(f"{ring.url}/events")
+    assert any(e["event"] == "node-lost" and e["node"] == transit for e in events["events"])
+    if forwarder_available():
+        st, body = wait_for(lambda: (lambda res: res if res[0] == 200 else None)(
+            enc_keys(ring.up.net, "a", "sae-a", "sae-c")), 15, "keys a -> c around the lost node")
+        st, got = dec_keys(ring.up.net, "c", "sae-c", "sae-a", [k["key_ID"] for k in body["keys"]])
+        assert st == 200 and got["keys"] == body["keys"]
+        ring.keys += [k["key"] for k in body["keys"]]
 
 
 def test_no_key_bytes_in_any_netconf_message(ring: type[State]) -> None:

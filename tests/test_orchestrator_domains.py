@@ -56,6 +56,24 @@ def test_peers_see_only_the_abstract_view(domains: UpNetwork) -> None:
     assert view["node"] == domains.net["nodes"]["bob"]["node_id"]
 
 
+def test_the_cli_talks_to_the_domain_controllers(domains: UpNetwork) -> None:
+    import subprocess
+    import sys
+
+    def qkdorch(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args, "--state-dir", str(domains.state)],
+                              capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": ""})
+
+    out = qkdorch("routes", "--domain", "west")
+    assert out.returncode == 0 and "alice > w1 > [gw]" in out.stdout, out.stdout + out.stderr
+    out = qkdorch("links", "--domain", "east")
+    assert out.returncode == 0 and "PHYS links" in out.stdout
+    out = qkdorch("routes")
+    assert out.returncode == 2 and "give --domain" in out.stderr
+    out = qkdorch("route", "alice", "w1", "--rate", "999999999", "--domain", "west")
+    assert out.returncode == 2 and "409" in out.stderr and "no key route" in out.stderr
+
+
 @pytest.mark.skipif(not forwarder_available(), reason="src/qkdnode/forwarder has no relay server yet")
 def test_014_keys_between_the_domains(domains: UpNetwork) -> None:
     st, body = enc_keys(domains.net, "alice", "sae-west", "sae-east")
@@ -82,6 +100,40 @@ def test_cross_domain_route_deleted_and_provisioned_over_rest(domains: UpNetwork
             enc_keys(domains.net, "bob", "sae-east", "sae-west")), 10, "keys east -> west")
         st, got = dec_keys(domains.net, "alice", "sae-west", "sae-east", [k["key_ID"] for k in body["keys"]])
         assert st == 200 and got["keys"] == body["keys"]
+
+
+def test_a_domain_heals_its_segment_and_tells_the_peer(domains: UpNetwork) -> None:
+    import subprocess
+    import sys
+
+    st, routes = api(f"{domains.url('east')}/routes")
+    [r] = [x for x in routes["routes"] if x["origin"]]
+    east_path = r["paths"][0]["nodes"]  # bob, e1|e2, then the border node gw (written by west)
+    via = east_path[1]
+    other = "e2" if via == "e1" else "e1"
+    fibre = f"gw-{via}"
+    cut = subprocess.run([sys.executable, "-m", "orchestrator.netctl", "fibre", "cut", fibre, "--state-dir",
+                          str(domains.state)], capture_output=True, text=True)
+    assert cut.returncode == 0, cut.stderr
+    try:
+        def moved() -> dict | None:
+            st, now = api(f"{domains.url('east')}/routes/{r['id']}")
+            return now if st == 200 and now["paths"][0]["nodes"] == ["bob", other] else None
+
+        wait_for(moved, 20, f"east to move its segment to {other}")
+        ids = {n: i["node_id"] for n, i in domains.net["nodes"].items()}
+        # west rewrote the border node's entry: its upstream hop is now `other`
+        wait_for(lambda: virt_links(domains.endpoint("gw"))[r["id"]]["prev"] == ids[other], 10, "gw's new upstream")
+        st, w = api(f"{domains.url('west')}/routes/{r['id']}")
+        assert w["paths"][0]["upstream"] == ids[other]
+        if forwarder_available():
+            st, body = wait_for(lambda: (lambda res: res if res[0] == 200 else None)(
+                enc_keys(domains.net, "bob", "sae-east", "sae-west")), 15, "keys over the healed route")
+            st, got = dec_keys(domains.net, "alice", "sae-west", "sae-east", [k["key_ID"] for k in body["keys"]])
+            assert st == 200 and got["keys"] == body["keys"]
+    finally:
+        subprocess.run([sys.executable, "-m", "orchestrator.netctl", "fibre", "restore", fibre, "--state-dir",
+                        str(domains.state)], capture_output=True)
 
 
 @pytest.fixture(scope="module")

@@ -185,10 +185,9 @@ def make_app(orch: Orchestrator) -> web.Application:
 
 
 async def serve(orch: Orchestrator, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(make_app(orch), access_log=None)
+    runner = web.AppRunner(make_app(orch), access_log=None, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server is not None and server.sockets else port  # type: ignore[union-attr]
+    bound = runner.addresses[0][1] if runner.addresses else port
     return runner, int(bound)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .inventory import InventoryError, load_inventory
@@ -109,7 +110,8 @@ def _routes_table(routes: list[dict[str, Any]]) -> Table:
             " > ".join(([f"[{p['upstream']}]"] if p["upstream"] else []) + p["nodes"]
                        + ([f"[{p['downstream']}]"] if p["downstream"] else [])) + f" ({p['rate_bps']})"
             for p in r["paths"])
-        t.add_row(r["id"], r["src"], r["dst"], ", ".join(r["saes"]), str(r["rate_bps"]), r["status"], paths)
+        t.add_row(*(escape(str(x)) for x in (r["id"], r["src"], r["dst"], ", ".join(r["saes"]), r["rate_bps"],
+                                               r["status"], paths)))
     return t
 
 
@@ -118,7 +120,7 @@ def _links_table(links: dict[str, Any]) -> Table:
     for col in ("qkdl_id", "a", "b", "up", "skr bit/s", "QBER %", "att dB"):
         t.add_column(col)
     for ln in links["phys"]:
-        t.add_row(ln["qkdl_id"], str(ln["a"]), str(ln["b"]), "yes" if ln["up"] else "[red]no[/red]",
+        t.add_row(escape(ln["qkdl_id"]), escape(str(ln["a"])), escape(str(ln["b"])), "yes" if ln["up"] else "[red]no[/red]",
                   str(ln["skr_bps"]), str(ln["qber_percent"]), str(ln["channel_att_db"]))
     return t
 

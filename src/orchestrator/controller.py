@@ -19,6 +19,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lxml import etree
@@ -60,8 +62,11 @@ class Orchestrator:
         self.recorder = recorder
         self.poll_interval = poll_interval
         self.use_notifications = notifications
+        # one worker thread per node: the RPCs of a transaction run on all its nodes at once
+        self.executor = ThreadPoolExecutor(max_workers=len(inventory.nodes) + 4, thread_name_prefix="netconf")
         self.sessions: dict[str, NodeSession] = {
-            name: NodeSession(name, e.endpoint, recorder=recorder) for name, e in inventory.nodes.items()
+            name: NodeSession(name, e.endpoint, recorder=recorder, executor=self.executor)
+            for name, e in inventory.nodes.items()
         }
         self.listeners: dict[str, NotificationListener] = {}
         self.model = NetworkModel()
@@ -96,10 +101,10 @@ class Orchestrator:
     async def stop(self) -> None:
         for t in list(self._tasks):
             t.cancel()
-        for ln in self.listeners.values():
-            await asyncio.to_thread(ln.stop)
+        await asyncio.gather(*(asyncio.to_thread(ln.stop, 0.0) for ln in self.listeners.values()))
         await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
         await self.peers.close()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -237,7 +242,7 @@ class Orchestrator:
         """One transaction turning the entries of `old` into those of `new`; returns the nodes edited."""
         return await self._apply_many([(old, new)], skip_unreachable=skip_unreachable)
 
-    async def _apply_many(self, changes: list[tuple[Route | None, Route | None]], *,
+    async def _apply_many(self, changes: Sequence[tuple[Route | None, Route | None]], *,
                           skip_unreachable: bool = False) -> list[str]:
         managed = self.managed()
         old_e: dict[str, dict[EntryKey, str]] = {}

@@ -74,6 +74,7 @@ class NodeProcess:
     netconf_port: int
     etsi014_port: int = 0
     etsi004_port: int = 0
+    restconf_port: int = 0
     forwarder_port: int = 0
     cert: Path | None = None
     key: Path | None = None
@@ -95,8 +96,17 @@ class _Orchestrators:
         import asyncssh
 
         async def one(np: NodeProcess) -> tuple[str, str]:
-            key = await asyncssh.get_server_host_key(self.host, np.netconf_port)
-            return np.name, key.export_public_key("openssh").decode().split()[1]
+            for attempt in range(3):
+                try:
+                    key = await asyncio.wait_for(asyncssh.get_server_host_key(self.host, np.netconf_port), 10)
+                    if key is None:
+                        raise OSError("the server sent no host key")
+                    return np.name, key.export_public_key("openssh").decode().split()[1]
+                except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+                    if attempt == 2:
+                        raise RuntimeError(f"cannot read the SSH host key of {np.name}: {exc}") from exc
+                    await asyncio.sleep(0.2)
+            raise AssertionError("unreachable")
 
         self.host_keys = dict(await asyncio.gather(*(one(np) for np in self.nodes.values())))
 
@@ -221,6 +231,7 @@ class Network(_Orchestrators):
                 name=spec.name, node_id=node_id, domain=spec.domain, config_path=cfg_path,
                 state_dir=self.state_dir / "nodes" / spec.name, netconf_port=free_port(self.host),
                 etsi014_port=free_port(self.host), etsi004_port=free_port(self.host),
+                restconf_port=free_port(self.host),
             )
         self.ca = CertificateAuthority(self.state_dir / "pki")
         for np in self.nodes.values():
@@ -318,6 +329,7 @@ class Network(_Orchestrators):
         cfg["pki"] = {"ca": str(self.ca.cert_path), "cert": str(np.cert), "key": str(np.key)}
         cfg["etsi014"] = {"host": self.host, "port": np.etsi014_port}
         cfg["etsi004"] = {"host": self.host, "port": np.etsi004_port}
+        cfg["restconf"] = {"host": self.host, "port": np.restconf_port}
         # every other node's KMS (node cert CN = name): the ETSI 004 KMS-to-KMS calls go there
         cfg["peers"] = {o.name: {"node_id": o.node_id, "etsi004": {"host": self.host, "port": o.etsi004_port}}
                         for o in self.nodes.values() if o.name != name}
@@ -400,6 +412,7 @@ class Network(_Orchestrators):
                                 "username": NETCONF_USER, "password": NETCONF_PASSWORD},
                     "etsi014": {"url": f"https://{self.host}:{np.etsi014_port}"},
                     "etsi004": {"url": f"{self.host}:{np.etsi004_port}"},
+                    "restconf": {"url": f"https://{self.host}:{np.restconf_port}/restconf"},
                 }
                 for np in self.nodes.values()
             },

@@ -140,7 +140,6 @@ class NetworkModel:
         self.nodes: dict[str, NodeView] = {}  # qkdn_id -> view
         self.down_links: set[str] = set()  # PHYS qkdl_ids reported down (notification)
         self.reserved: dict[Pair, int] = {}  # hop -> bit/s reserved by key routes
-        self.external: dict[Pair, int] = {}  # abstract hops of other domains (border pairs) -> spare bit/s
 
     # -- node views ------------------------------------------------------------------------------
     def put(self, view: NodeView) -> None:
@@ -212,24 +211,7 @@ class NetworkModel:
             cap = sum(self.link_skr(links[q]) for q in up)
             res = self.reserved.get(hop, 0)
             g.add_edge(a, b, links=sorted(ids), up=sorted(up), capacity=cap, reserved=res, spare=max(0, cap - res))
-        for hop, spare in self.external.items():
-            a, b = tuple(hop)
-            if a in g and b in g and not g.has_edge(a, b):
-                g.add_edge(a, b, links=[], up=[], capacity=spare, reserved=0, spare=spare, external=True)
         return g
-
-    # -- reservations ------------------------------------------------------------------------------
-    def reserve(self, path: list[str], rate: int) -> None:
-        for a, b in zip(path, path[1:]):
-            self.reserved[pair(a, b)] = self.reserved.get(pair(a, b), 0) + rate
-
-    def release(self, path: list[str], rate: int) -> None:
-        for a, b in zip(path, path[1:]):
-            left = self.reserved.get(pair(a, b), 0) - rate
-            if left > 0:
-                self.reserved[pair(a, b)] = left
-            else:
-                self.reserved.pop(pair(a, b), None)
 
     # -- optical plant -----------------------------------------------------------------------------
     def physical_graph(self) -> nx.Graph:
@@ -492,17 +474,18 @@ def routes_from_views(views: dict[str, NodeView], border: set[str] = frozenset()
         any_ln = next(iter(at.values()))
         if not any_ln.local_node or not any_ln.remote_node:
             continue
-        def ours(q: str) -> bool:
-            return entry_is_ours(at[q], managed)
-        heads = [q for q in at if ours(q) and not (at[q].prev_hop and at[q].prev_hop in at and ours(at[q].prev_hop))]
+
+        def ours(q: str | None, at: dict[str, VirtLink] = at) -> bool:
+            return q is not None and q in at and entry_is_ours(at[q], managed)
+
+        heads = [q for q in at if ours(q) and not ours(at[q].prev_hop)]
         if len(heads) != 1:
             continue
-        path, q = [], heads[0]
-        while q in at and ours(q) and q not in path:
-            path.append(q)
-            q = at[q].next_hops[0] if at[q].next_hops else None  # type: ignore[assignment]
-            if q is None:
-                break
+        path: list[str] = []
+        cur: str | None = heads[0]
+        while cur is not None and ours(cur) and cur not in path:
+            path.append(cur)
+            cur = at[cur].next_hops[0] if at[cur].next_hops else None
         first, last = at[path[0]], at[path[-1]]
         if first.prev_hop and first.prev_hop not in managed and set(path) <= border:
             continue

@@ -136,6 +136,52 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+MON_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-monitoring"
+DEFAULT_TREE_MODULES = ("etsi-qkd-sdn-node",)
+
+
+def _cmd_yang_tree(args: argparse.Namespace) -> int:
+    """Fetch a running node's modules over NETCONF <get-schema> and print `pyang -f tree` of them."""
+    import subprocess
+    import tempfile
+
+    from lxml import etree
+
+    path = Path(args.state_dir) / "network.json"
+    if not path.exists():
+        print(f"qkdnet: no running network in {args.state_dir} ({path} is missing)", file=sys.stderr)
+        return 2
+    nodes = json.loads(path.read_text())["nodes"]
+    if args.node not in nodes:
+        print(f"qkdnet: no node {args.node!r} (nodes: {', '.join(sorted(nodes))})", file=sys.stderr)
+        return 2
+    ns = {"m": MON_NS}
+    with tempfile.TemporaryDirectory(prefix="qkdnet-yang-") as tmp, \
+            connect(NetconfEndpoint.from_json(nodes[args.node]["netconf"]), timeout=10) as m:
+        flt = f'<netconf-state xmlns="{MON_NS}"><schemas/></netconf-state>'
+        schemas = m.get(filter=("subtree", flt)).data_ele.findall(".//m:schemas/m:schema", ns)
+        names: list[str] = []
+        for sch in schemas:
+            ident, version = sch.findtext("m:identifier", namespaces=ns), sch.findtext("m:version", namespaces=ns)
+            if (sch.findtext("m:format", namespaces=ns) or "yang").split(":")[-1] != "yang" or not ident:
+                continue
+            text = m.get_schema(ident, version=version or None).data
+            (Path(tmp) / f"{ident}{'@' + version if version else ''}.yang").write_text(text)
+            names.append(ident)
+        wanted = args.module or [n for n in DEFAULT_TREE_MODULES if n in names]
+        missing = [n for n in wanted if n not in names]
+        if missing:
+            print(f"qkdnet: node {args.node} does not serve {', '.join(missing)}", file=sys.stderr)
+            return 2
+        files = {p.name.split("@")[0].removesuffix(".yang"): p for p in Path(tmp).glob("*.yang")}
+        cmd = [sys.executable, "-m", "pyang", "-f", "tree", "-p", tmp]
+        for name in names:  # deviation modules the node serves apply to what is printed
+            if "deviation" in name:
+                cmd += ["--deviation-module", str(files[name])]
+        cmd += [str(files[n]) for n in wanted]
+        return subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="qkdnet", description="run and inspect a QKD network")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -158,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     ck = sub.add_parser("check", help="validate a topology file")
     ck.add_argument("topology")
     ck.set_defaults(func=_cmd_check)
+    yg = sub.add_parser("yang", help="YANG modules of a running node")
+    ysub = yg.add_subparsers(dest="ycmd", required=True)
+    yt = ysub.add_parser("tree", help="fetch a node's modules over NETCONF <get-schema> and print pyang -f tree")
+    yt.add_argument("node", help="node name (from network.json)")
+    yt.add_argument("--state-dir", default="state")
+    yt.add_argument("--module", action="append", help="module to print (repeatable; default etsi-qkd-sdn-node)")
+    yt.set_defaults(func=_cmd_yang_tree)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

@@ -115,11 +115,13 @@ async def provision_cross_domain(orch: "Orchestrator", src: str, dst_ref: str, r
 
     graph = orch.model.key_graph()
     best: tuple[int, str, list[str], dict[str, Any]] | None = None
+    unreachable: list[str] = []
     for domain in orch.peers.urls:
         try:
             view = await orch.peers.request(domain, "GET", f"/abstract?node={dst_ref}")
         except PeerError as exc:
             log.warning("%s", exc)
+            unreachable.append(str(exc))
             continue
         if not view.get("node"):
             continue
@@ -131,7 +133,9 @@ async def provision_cross_domain(orch: "Orchestrator", src: str, dst_ref: str, r
                 best = (len(path), domain, path, view)
     if best is None:
         raise RequestError(f"no node {dst_ref!r} in domain {orch.domain} or in a peer domain reachable "
-                           f"with {rate} bit/s spare", 409 if orch.peers.urls else 404)
+                           f"with {rate} bit/s spare" + (f" (peers not answering: {'; '.join(unreachable)})"
+                                                         if unreachable else ""),
+                           409 if orch.peers.urls else 404)
     _, domain, path, view = best
     dst = str(view["node"])
     border = path[-1]

@@ -37,10 +37,6 @@ class PathShare:
     rate: int  # bit/s carried on this path
 
 
-def _spare(g: nx.Graph, a: str, b: str) -> int:
-    return int(g.edges[a, b].get("spare", 0))
-
-
 def shortest_feasible_path(g: nx.Graph, src: str, dst: str, rate: int) -> list[str] | None:
     """Fewest hops over edges with spare >= rate; among equals, the one with the widest bottleneck."""
     if src not in g or dst not in g:

@@ -1,7 +1,9 @@
 """One persistent NETCONF session per node (ncclient), used from asyncio, plus its notifications.
 
-ncclient is synchronous: every RPC runs in a worker thread (`asyncio.to_thread`), one at a time per
-node. A session that broke is reopened on the next call (bounded by `connect_timeout`).
+ncclient is synchronous: every RPC runs in a worker thread, one at a time per node. The
+orchestrator gives its sessions an executor with a thread per node, so that a transaction's RPCs
+reach all its nodes at once (asyncio's default pool has only min(32, CPUs + 4) threads). A
+session that broke is reopened on the next call (bounded by `connect_timeout`).
 Notifications (RFC 5277) come over a second session per node, whose reader thread hands every
 `<notification>` to the event loop; when that session dies the listener learns it
 (`on_session_lost`) and it is reopened with backoff.
@@ -15,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from lxml import etree
 from ncclient import manager
+from ncclient.operations.errors import TimeoutExpiredError
 from ncclient.operations.rpc import RPCError
 from ncclient.transport.session import SessionListener
 
@@ -90,6 +93,15 @@ def _tap(m: manager.Manager, node: str, recorder: WireRecorder | None) -> None:
     session.add_listener(_Tap(node, recorder))
 
 
+class PipelineError(Exception):
+    """RPC number `index` of a pipeline failed with `cause`."""
+
+    def __init__(self, index: int, cause: BaseException) -> None:
+        super().__init__(f"rpc {index}: {cause}")
+        self.index = index
+        self.cause = cause
+
+
 @dataclass
 class RpcFailure:
     """An `<rpc-error>` in plain terms, for error messages."""
@@ -117,8 +129,9 @@ class NodeSession:
     """The orchestrator's session to one node."""
 
     def __init__(self, name: str, endpoint: NetconfEndpoint, *, recorder: WireRecorder | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, executor: Executor | None = None) -> None:
         self.name = name
+        self.executor = executor
         self.endpoint = endpoint
         self.recorder = recorder
         self.connect_timeout = connect_timeout
@@ -141,7 +154,7 @@ class NodeSession:
                 await self._reopen()
             assert self._m is not None
             try:
-                return await asyncio.to_thread(fn, self._m)
+                return await self._run(fn, self._m)
             except RPCError:
                 raise
             except Exception as exc:
@@ -150,10 +163,13 @@ class NodeSession:
                     raise NodeUnreachable(self.name, exc) from exc
                 raise
 
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
     async def _reopen(self) -> None:
         self._drop()
         try:
-            self._m = await asyncio.to_thread(self._open)
+            self._m = await self._run(self._open)
         except Exception as exc:
             raise NodeUnreachable(self.name, exc) from exc
 
@@ -164,6 +180,32 @@ class NodeSession:
                 m.close_session() if m.connected else None
             except Exception:  # closing a broken session: nothing to save
                 log.debug("%s: close of a broken session failed", self.name, exc_info=True)
+
+    async def pipeline(self, ops: list[Callable[[manager.Manager], Any]], timeout: float = 30.0) -> list[Any]:
+        """Send several RPCs without waiting for each reply (RFC 6241 allows it; the server answers
+        in order), then wait for all: one round trip instead of len(ops). Raises `PipelineError`
+        for the first RPC that failed (`index`), with its RPCError (or transport error) as cause."""
+
+        def run(m: manager.Manager) -> list[Any]:
+            m.async_mode = True
+            try:
+                rpcs = [op(m) for op in ops]
+            finally:
+                m.async_mode = False
+            replies = []
+            for i, rpc in enumerate(rpcs):
+                if not rpc.event.wait(timeout):
+                    raise PipelineError(i, TimeoutExpiredError("no reply in time"))
+                if rpc.error is not None:
+                    raise PipelineError(i, rpc.error)
+                reply = rpc.reply
+                reply.parse()
+                if reply.error is not None:
+                    raise PipelineError(i, reply.error)
+                replies.append(reply)
+            return replies
+
+        return await self.call(run)
 
     async def ensure(self) -> None:
         async with self._lock:
@@ -181,7 +223,7 @@ class NodeSession:
 
     async def close(self) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._drop)
+            await self._run(self._drop)
 
 
 NotificationHandler = Callable[[str, etree._Element], Awaitable[None] | None]
@@ -264,16 +306,18 @@ class NotificationListener:
             except Exception:  # the session is gone already
                 pass
 
-    def stop(self) -> None:
+    def stop(self, join: float = 1.0) -> None:
+        """End the subscription: the transport is closed (the server drops the subscription with
+        the session); the reader thread notices within its poll interval."""
         self._stop.set()
         m = self._m
         if m is not None:
             try:
-                m.close_session()
-            except Exception:
+                m._session.close()  # no <close-session> round trip: a subscribed session ends with its transport
+            except Exception:  # already gone
                 pass
         if self._thread is not None:
-            self._thread.join(3)
+            self._thread.join(join)
 
 
 def notification_body(root: etree._Element) -> etree._Element | None:
@@ -291,7 +335,3 @@ def backoff_delays(attempts: int, first: float = 0.02, cap: float = 0.5) -> list
         out.append(d)
         d = min(cap, d * 2)
     return out
-
-
-def monotonic_ms(t0: float) -> float:
-    return (time.monotonic() - t0) * 1000

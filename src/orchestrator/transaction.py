@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ncclient.operations.rpc import RPCError
 
-from .session import NodeSession, NodeUnreachable, RpcFailure, backoff_delays
+from .session import NodeSession, NodeUnreachable, PipelineError, RpcFailure, backoff_delays
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _phase_of(exc: BaseException | None) -> tuple[str, RpcFailure]:
     return "session", _failure(exc)  # type: ignore[arg-type]
 
 
-def _first_refusal(failed: list[tuple["NodeEdit", BaseException | None]]) -> tuple["NodeEdit", BaseException | None]:
+def _first_refusal(failed: Sequence[tuple["NodeEdit", BaseException | None]]) -> tuple["NodeEdit", BaseException | None]:
     """The failure to report: a node's refusal rather than a lock we could not get because of it."""
     order = {"edit-config": 0, "validate": 1, "session": 2, "lock": 3}
     return min(failed, key=lambda f: order.get(_phase_of(f[1])[0], 9))
@@ -150,11 +150,16 @@ class Transaction:
         except Exception as exc:
             raise _Phase("lock", exc) from exc
         self.locked.append(e)
-        for phase, fn in (("edit-config", self._edit), ("validate", self._validate)):
-            try:
-                await fn(e)
-            except Exception as exc:
-                raise _Phase(phase, exc) from exc
+        cfg = config_element(e.config)
+        try:  # edit-config and validate pipelined: one round trip
+            await e.session.pipeline([
+                lambda m: m.edit_config(config=cfg, target="candidate", error_option="rollback-on-error"),
+                lambda m: m.validate(source="candidate"),
+            ])
+        except PipelineError as exc:
+            raise _Phase(("edit-config", "validate")[exc.index], exc.cause) from exc
+        except Exception as exc:
+            raise _Phase("edit-config", exc) from exc
 
     async def run(self) -> None:
         edits = [e for e in self.edits if e.config]
@@ -180,15 +185,6 @@ class Transaction:
         for e, exc in await self._each(edits, lambda e: e.session.call(lambda m: m.unlock(target="candidate"))):
             if exc is not None:
                 log.warning("%s: unlock after commit failed: %s", e.session.name, _failure(exc))
-
-    @staticmethod
-    async def _edit(e: NodeEdit) -> None:
-        cfg = config_element(e.config)
-        await e.session.call(lambda m: m.edit_config(config=cfg, target="candidate", error_option="rollback-on-error"))
-
-    @staticmethod
-    async def _validate(e: NodeEdit) -> None:
-        await e.session.call(lambda m: m.validate(source="candidate"))
 
     @staticmethod
     async def _commit(e: NodeEdit) -> None:

@@ -346,7 +346,8 @@ class FabricService:
 
 async def serve(plant_file: Path, host: str, port: int) -> None:
     service = FabricService(Plant(json.loads(plant_file.read_text())))
-    runner = web.AppRunner(service.app(), access_log=None)
+    # long polls are pending at any time: do not wait for them on shutdown
+    runner = web.AppRunner(service.app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
