@@ -8,7 +8,7 @@ DEB_PACKAGES := libyang2-dev libyang2-tools
 STATE ?= state
 DURATION ?= 30
 
-.PHONY: setup demo test bench clean-state
+.PHONY: setup demo test bench interop clean-state
 
 setup: $(STAMP)
 
@@ -26,6 +26,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Drive a running network only through its interfaces with third-party tools (see README "Interop suite").
+INTEROP_STAMP := $(VENV)/.interop-installed
+$(INTEROP_STAMP): interop/requirements.txt $(STAMP)
+	@command -v curl >/dev/null && command -v openssl >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq curl openssl; }
+	$(PY) -m pip install -q -r interop/requirements.txt
+	@touch $(INTEROP_STAMP)
+
+interop: setup $(INTEROP_STAMP)
+	$(PY) interop/run.py
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

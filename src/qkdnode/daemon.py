@@ -9,6 +9,7 @@ import os
 import signal
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .agent import SdnAgent
 from .config import NodeConfig
@@ -18,6 +19,9 @@ from .netconf.server import NetconfServer
 from .qkd015 import node_config_xml
 from .schema import build_context
 from .tapi import Switch, SwitchAgent
+
+if TYPE_CHECKING:
+    from .restconf import RestconfServer
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,24 @@ class Node:
         )
         self.agent.publish = self.netconf.publish
         self.netconf_port = 0
+        self.restconf = self._restconf()
+        self.restconf_port = 0
+
+    def _restconf(self) -> "RestconfServer | None":
+        """RESTCONF (RFC 8040) on the same datastores, when the config has `restconf: {host, port}`
+        (TLS with the node's `pki`: its certificate, and its CA for client certificates)."""
+        rc = self.cfg.extra.get("restconf")
+        if not rc:
+            return None
+        pki = self.cfg.extra.get("pki")
+        if not pki:
+            raise ValueError("a node with a 'restconf' section needs a 'pki' section")
+        from .pki import CertPaths, server_context
+        from .restconf import RestconfServer
+
+        tls = server_context(CertPaths(Path(pki["cert"]), Path(pki["key"]), Path(pki["ca"])), require_client_cert=False)
+        nc = self.netconf
+        return RestconfServer(self.datastores, nc.check_password, lambda: set(nc.users), nc.schema_text, tls)
 
     def _node_id(self) -> str:
         id_file = self.state_dir / "node_id"
@@ -89,12 +111,19 @@ class Node:
             "name": self.cfg.name, "node_id": self.node_id, "pid": os.getpid(),
             "netconf": {"host": self.cfg.netconf.host, "port": self.netconf_port},
         }
+        if self.restconf is not None:
+            rc = self.cfg.extra["restconf"]
+            self.restconf_port = await self.restconf.start(str(rc.get("host", "127.0.0.1")), int(rc.get("port", 0)))
+            info["restconf"] = {"host": str(rc.get("host", "127.0.0.1")), "port": self.restconf_port,
+                                "url": f"https://{rc.get('host', '127.0.0.1')}:{self.restconf_port}/restconf"}
         if self.keyplane.etsi014 is not None:
             info["etsi014"] = {"url": f"https://{self.cfg.extra['etsi014'].get('host', '127.0.0.1')}:{self.keyplane.etsi014_port}"}
         write_json_atomic(self.state_dir / "node.json", info)
         log.info("node %s (%s) NETCONF on %s:%d", self.cfg.name, self.node_id, self.cfg.netconf.host, self.netconf_port)
 
     async def stop(self) -> None:
+        if self.restconf is not None:
+            await self.restconf.stop()
         await self.netconf.stop()
         await self.switch.stop()
         await self.keyplane.stop()
