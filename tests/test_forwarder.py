@@ -188,7 +188,7 @@ async def test_relay_both_ways_and_exact_link_key_accounting(chain: Chain) -> No
             status, again = await chain.dec(dst, peer, sae, list(keys)[:1])
             assert status == 400  # delivered once only
     for nd in chain.nodes.values():
-        assert not nd.fwd.pending and not +nd.fwd._reserved_keys and not +nd.fwd._reserved_room
+        assert not nd.fwd.pending and not +nd.fwd.linkkeys.reserved and not +nd.fwd._reserved_room
 
 
 async def test_concurrent_relays_both_ways(chain: Chain) -> None:
@@ -242,7 +242,7 @@ async def test_tampered_hop_is_rejected(chain: Chain, tamper: Any) -> None:
     assert chain.nodes["a"].store.stats(ROUTE).available_total == 0
     assert chain.nodes["c"].fwd.counters["mac_failures"] == 1
     await asyncio.sleep(0.1)  # the abort towards d is sent in the background
-    assert not chain.nodes["d"].fwd.pending and not +chain.nodes["c"].fwd._reserved_keys
+    assert not chain.nodes["d"].fwd.pending and not +chain.nodes["c"].fwd.linkkeys.reserved
     b.send_commit = real_send  # type: ignore[method-assign]
     status, body = await chain.enc("a", "sae-a", "sae-d", 4)
     assert status == 200, body
@@ -259,7 +259,7 @@ async def test_exhausted_link_key_503_and_nothing_consumed(tmp_path: Path) -> No
         assert body["details"][0]["reason"] == "link-key-exhausted"
         assert chain.snapshot() == before  # nothing consumed anywhere, no relay key stored
         for nd in chain.nodes.values():  # every reservation released
-            assert not nd.fwd.pending and not +nd.fwd._reserved_keys and not +nd.fwd._reserved_room
+            assert not nd.fwd.pending and not +nd.fwd.linkkeys.reserved and not +nd.fwd._reserved_room
         status, body = await chain.enc("a", "sae-a", "sae-d", 1)
         assert status == 200, body
         assert_consumed(chain, before, chain.snapshot(), NAMES, 2)

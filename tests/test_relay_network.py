@@ -27,7 +27,7 @@ import yaml
 
 from orchestrator.launcher import Network
 from orchestrator.nodeclient import QKD_NS, NetconfEndpoint, connect
-from orchestrator.topology import load_topology, parse_topology
+from orchestrator.topology import parse_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -219,5 +219,5 @@ async def test_ring_relays_both_ways_exact_accounting_and_missing_route(ring: Ri
     assert ring.delivered() == before
     for node in ring.nodes.values():
         fwd = node.keyplane.forwarder
-        assert not fwd.pending and not +fwd._reserved_keys and not +fwd._reserved_room
+        assert not fwd.pending and not +fwd.linkkeys.reserved and not +fwd._reserved_room
     await relay_and_check(net, "c", "sae-c2", "a", "sae-a2", 2)  # the other route is unaffected

@@ -16,7 +16,8 @@ other end (the target):
 2. **Commit**, origin -> target, nested the same way. Every sender takes its reserved link keys
    (`take_for_master`, oldest first), pads the keys and tags the message; the receiver takes
    exactly the named link keys (`take_by_ids`, all or nothing), verifies the tag, decrypts and, as
-   a sender, re-encrypts with its own next link's keys. The target stores the keys durably in its
+   a sender, re-encrypts with its own next link's keys (one store transaction per hop, committed
+   only if the tag verified: linkkeys.py). The target stores the keys durably in its
    relay association, then every node answers upstream; the origin stores its own copy and only
    then does enc_keys answer. A hop that fails takes nothing more and aborts the reservations
    downstream; hops before it have consumed their link keys (the price of a tampered message).
@@ -44,21 +45,18 @@ from ..keystore.committer import GroupCommitter
 from ..keystore.errors import (
     AssociationConflict,
     KeySizeNotSupported,
-    KeysNotAvailable,
     KeyStoreError,
     RequestLimitExceeded,
     UnknownAssociation,
 )
 from ..keystore.store import KeyStore
-from ..keystore.types import Delivery, MasterRequest, SlaveRequest, Stats, parse_key_id
+from ..keystore.types import Delivery, MasterRequest, Stats, parse_key_id
 from ..pki import CertPaths
 from ..qkd015 import LinkConfig
 from .errors import (
     BadRelayMessage,
     EntropyUnavailable,
-    LinkKeyMismatch,
     LinkKeyShort,
-    MacMismatch,
     NoRoute,
     NotNeighbour,
     RateLimited,
@@ -67,6 +65,7 @@ from .errors import (
     RelayUnavailable,
     UnknownRelay,
 )
+from .linkkeys import LinkKeys
 from .mac import TAG_BYTES, authenticated_bytes, link_keys_needed, split_material, wc_tag, wc_verify, xor
 from .routes import RelayRoute, TokenBucket, routes_from_links
 from .service import Neighbour, NeighbourChannels, RelayServer, pb
@@ -131,7 +130,6 @@ class Forwarder:
         self._by_id = {nb.node_id: nb for nb in self.neighbours.values()}
         self.routes: dict[str, RelayRoute] = {}
         self.pending: dict[str, Pending] = {}
-        self._reserved_keys: Counter[str] = Counter()  # link assoc -> link keys reserved
         self._reserved_room: Counter[str] = Counter()  # relay assoc -> keys of room reserved
         self._buckets: dict[str, tuple[int, TokenBucket]] = {}
         self._ingest_locks: dict[str, asyncio.Lock] = {}
@@ -143,6 +141,7 @@ class Forwarder:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters: Counter[str] = Counter()  # numbers only: relays, keys, link keys, failures
+        self.linkkeys = LinkKeys(store, node_name, self.committer, self.counters)
 
     @property
     def where(self) -> str:
@@ -174,6 +173,7 @@ class Forwarder:
     def use_committer(self, committer: GroupCommitter) -> None:
         """Share another group committer of the same store (the 014 server's), before any relay."""
         self.committer, self._own_committer = committer, False
+        self.linkkeys.committer = committer
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -189,7 +189,8 @@ class Forwarder:
                     del self.pending[rid]
                     self._release(p)
                     self.counters["reservations_expired"] += 1
-                    log.info("relay %s on route %s: reservation expired", rid, p.route_id)
+                    log.warning("%s: relay %s on route %s was prepared but never committed: reservation "
+                                "released after %.0f s", self.where, rid, p.route_id, PREPARE_TTL_S)
 
     # -- routes (from the SDN agent) -----------------------------------------------------------------
     def set_routes(self, links: Iterable[LinkConfig]) -> None:
@@ -246,11 +247,11 @@ class Forwarder:
     # -- reservations ---------------------------------------------------------------------------------
     def free_link_keys(self, link_id: str) -> int:
         """Master-parity link keys of a link association not reserved by a prepared relay."""
-        return self.store.stats(link_id).available_for_masters - self._reserved_keys[link_id]
+        return self.linkkeys.free(link_id)
 
     def _release(self, p: Pending) -> None:
         if p.out_link is not None and p.out_link_keys:
-            self._reserved_keys[p.out_link] -= p.out_link_keys
+            self.linkkeys.release(p.out_link, p.out_link_keys)
             p.out_link_keys = 0
         if p.room:
             self._reserved_room[p.route_id] -= p.room
@@ -266,7 +267,7 @@ class Forwarder:
             except UnknownAssociation:
                 continue
             m = link_keys_needed(n, key_bytes, st.key_size_bits // 8)
-            spare = st.available_for_masters - self._reserved_keys[q] - m
+            spare = st.available_for_masters - self.linkkeys.reserved[q] - m
             if best is None or spare > best[0]:
                 best = (spare, q, m, st)
         if best is None:
@@ -327,8 +328,8 @@ class Forwarder:
             if down is None:
                 raise NoRoute(f"{where}: next hop {downstream_id} of route {req.route_id} is not a neighbour")
             out_link, m, st = self._pick_link(down, req.keys, kb)
-            free = st.available_for_masters - self._reserved_keys[out_link]
-            self._reserved_keys[out_link] += m
+            free = st.available_for_masters - self.linkkeys.reserved[out_link]
+            self.linkkeys.reserve(out_link, m)
             p.downstream, p.out_link, p.out_link_keys = down, out_link, m
             self.pending[p.relay_id] = p
             nxt = pb.PrepareRequest(
@@ -381,7 +382,11 @@ class Forwarder:
             def verify(material: bytes) -> bool:
                 return wc_verify(split_material(material, n * kb)[0], data, msg.tag)
 
-            material, taken = await self._hop_take(p, list(msg.link_key_ids), caller_name, verify)
+            assert p.in_link is not None
+            out = (p.out_link, p.out_link_keys, p.downstream.name) if p.downstream and p.out_link else None
+            material, taken = await self.linkkeys.take_hop(p.in_link, list(msg.link_key_ids), caller_name,
+                                                           out, verify, p.relay_id)
+            p.out_link_keys = 0  # taken: the reservation went with them
             plain = xor(msg.ciphertext, split_material(material, n * kb)[1])
             keys = [plain[i * kb:(i + 1) * kb] for i in range(n)]
             if self.node_id == p.target:
@@ -421,9 +426,8 @@ class Forwarder:
         """Pad and tag the keys with this hop's link keys (taken here unless `taken`), send them on."""
         assert p.downstream is not None and p.out_link is not None
         if taken is None:
-            taken = await self._take_out(p.out_link, p.out_link_keys, p.downstream.name)
-            self._reserved_keys[p.out_link] -= p.out_link_keys
-            p.out_link_keys = 0
+            m, p.out_link_keys = p.out_link_keys, 0
+            taken = await self.linkkeys.take_out(p.out_link, m, p.downstream.name)
         payload = b"".join(keys)
         mac_key, pad = split_material(b"".join(k for _, k in taken), len(payload))
         msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.route_id, origin=p.origin, target=p.target,
@@ -434,107 +438,11 @@ class Forwarder:
             relay_id=msg.relay_id, route_id=msg.route_id, origin=msg.origin, target=msg.target, hop=msg.hop,
             link_id=msg.link_id, key_size_bits=msg.key_size_bits, link_key_ids=msg.link_key_ids,
             key_ids=msg.key_ids, ciphertext=msg.ciphertext))
-        self.counters["link_keys_sent"] += len(taken)
         return await self.send_commit(p.downstream, msg)
 
     async def send_commit(self, nb: Neighbour, msg: pb.RelayHop) -> pb.CommitReply:
         """Send one relay hop (a separate method so that tests can play the attacker on the wire)."""
         return await self.channels.call(nb, "commit", msg, CALL_TIMEOUT_S)
-
-    # -- link keys -----------------------------------------------------------------------------------
-    def _ledger(self, sender: str, receiver: str) -> tuple[str, str]:
-        return f"forwarder:{sender}", f"forwarder:{receiver}"
-
-    async def _take_out(self, link_id: str, m: int, peer: str) -> Delivery:
-        """Take m link keys of this node's parity (oldest first): the sender's half of a hop."""
-        st = self.store.stats(link_id)
-        lim = st.max_keys_per_request
-        master, slave = self._ledger(self.node_name, peer)
-        reqs = [MasterRequest(link_id, master, slave, min(lim, m - i), st.key_size_bits) for i in range(0, m, lim)]
-        results = await asyncio.gather(*(self.committer.deliver(r) for r in reqs), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            got = sum(len(r) for r in results if not isinstance(r, BaseException))
-            raise LinkKeyShort(f"{self.where}: could not take {m} link keys for {peer} "
-                               f"({_describe(failed[0])}; {got} taken)")
-        return [kv for r in results for kv in r]  # type: ignore[union-attr]
-
-    async def _hop_take(self, p: Pending, in_ids: list[str], peer: str,
-                        verify: Callable[[bytes], bool]) -> tuple[bytes, Delivery]:
-        """One store transaction for a hop: take the link keys the sender named (its parity, all or
-        nothing), check the tag with them, and take this node's reserved link keys for the next hop.
-        Committed (one fsync) only if everything holds; otherwise rolled back, so a failed hop takes
-        nothing for the next hop. On a bad tag the named link keys are then taken on their own, as
-        the sender took its copies. Returns (the named link keys' bytes, the next hop's link keys)."""
-        assert p.in_link is not None
-        st = self.store.stats(p.in_link)
-        lim = st.max_keys_per_request
-        master, slave = self._ledger(peer, self.node_name)
-        in_reqs = [SlaveRequest(p.in_link, tuple(in_ids[i:i + lim]), master, slave) for i in range(0, len(in_ids), lim)]
-        out_reqs: list[MasterRequest] = []
-        if p.downstream is not None and p.out_link is not None:
-            ost = self.store.stats(p.out_link)
-            olim, m = ost.max_keys_per_request, p.out_link_keys
-            omaster, oslave = self._ledger(self.node_name, p.downstream.name)
-            out_reqs = [MasterRequest(p.out_link, omaster, oslave, min(olim, m - i), ost.key_size_bits)
-                        for i in range(0, m, olim)]
-        deadline = time.monotonic() + LINK_SEQ_WAIT_S
-        while True:
-            last = self.store.stats(p.in_link).last_seq
-            status, material, taken, detail = await asyncio.to_thread(self._hop_tx, in_reqs, out_reqs, verify)
-            if status == "ok":
-                if out_reqs:
-                    assert p.out_link is not None
-                    self._reserved_keys[p.out_link] -= p.out_link_keys
-                    p.out_link_keys = 0
-                    self.counters["link_keys_sent"] += len(taken)
-                return material, taken
-            if status == "unknown" and time.monotonic() < deadline:  # our feeder has not stored them yet
-                while self.store.stats(p.in_link).last_seq == last and time.monotonic() < deadline:
-                    await asyncio.sleep(0.002)
-                continue
-            if status == "mac":
-                self.counters["mac_failures"] += 1
-                await asyncio.to_thread(self._hop_tx, in_reqs, [], None)
-                raise MacMismatch(f"{self.where}: tag of the hop from {peer} does not verify; "
-                                  f"relay {p.relay_id} dropped")
-            if status == "short":
-                raise LinkKeyShort(f"{self.where}: could not take the reserved link keys ({detail})")
-            raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available ({detail})")
-
-    def _hop_tx(self, in_reqs: list[SlaveRequest], out_reqs: list[MasterRequest],
-                verify: Callable[[bytes], bool] | None) -> tuple[str, bytes, Delivery, str]:
-        """(worker thread) The transaction of `_hop_take`: status ok | unknown | mismatch | mac | short
-        | storage, the named link keys' bytes and the taken link keys (both empty unless ok)."""
-        batch = self.store.begin_batch([*in_reqs, *out_reqs])
-        status, detail, material, taken = "ok", "", b"", []
-        try:
-            results = list(batch.results)
-            if batch.error is not None or len(results) != len(in_reqs) + len(out_reqs):
-                status, detail = "storage", batch.error or "incomplete batch"
-            else:
-                ins, outs = results[:len(in_reqs)], results[len(in_reqs):]
-                err = next((r for r in ins if isinstance(r, KeyStoreError)), None)
-                if err is not None:
-                    unknown = isinstance(err, KeysNotAvailable) and all(d.get("reason") == "unknown" for d in err.details)
-                    status, detail = ("unknown" if unknown else "mismatch"), _describe(err)
-                else:
-                    material = b"".join(k for r in ins for _, k in r)  # type: ignore[union-attr]
-                    if verify is not None and not verify(material):
-                        status = "mac"
-                    elif (err := next((r for r in outs if isinstance(r, KeyStoreError)), None)) is not None:
-                        status, detail = "short", _describe(err)
-                    else:
-                        taken = [kv for r in outs for kv in r]  # type: ignore[union-attr]
-            if status != "ok":
-                batch.fail(RuntimeError(status))  # finish_batch rolls the whole transaction back
-        finally:
-            final = self.store.finish_batch(batch)
-        if status == "ok" and any(isinstance(r, KeyStoreError) for r in final):
-            status, detail = "storage", "commit failed"
-        if status != "ok":
-            return status, b"", [], detail
-        return status, material, taken, detail
 
     # -- relay key associations ----------------------------------------------------------------------
     async def _store(self, p: Pending, ids: list[str], keys: list[bytes]) -> None:
@@ -608,7 +516,7 @@ class Forwarder:
             keys = [material[i * kb:(i + 1) * kb] for i in range(n)]
             await self._forward(p, ids, keys)
             await self._store(p, ids, keys)
-        except RelayError:
+        except BaseException:  # a RelayError, or the 014 request was cancelled
             if p.out_link_keys:  # failed before this hop's commit: release downstream at once
                 self._spawn(self._abort_downstream(p, "origin failed"))
             raise
@@ -635,6 +543,3 @@ class Forwarder:
                      request.assoc_id, err.message)
             raise RelayUnavailable(err, request.assoc_id, route.other_end(self.node_id)) from None
 
-
-def _describe(err: BaseException) -> str:
-    return err.message if isinstance(err, KeyStoreError) else type(err).__name__

@@ -171,7 +171,7 @@ class RelayServer:
 
     async def stop(self, grace: float = 5.0) -> None:
         if self.server is not None:
-            self.servicer.closing.set()
+            self.servicer.closing.set()  # long-lived streams would hold the whole grace period
             await self.server.stop(grace)
             self.server = None
 
