@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import subprocess
 import sys
@@ -26,8 +25,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format=f"%(asctime)s {cfg.name} %(name)s %(levelname)s %(message)s")
     from .daemon import run_node
+    from .eventloop import run
 
-    asyncio.run(run_node(cfg))
+    run(run_node(cfg))
     return 0
 
 
