@@ -30,18 +30,58 @@ def default_topology() -> Path:
 
 def status_table(network: dict) -> Table:
     table = Table(title=f"QKD network {network.get('topology', '')}")
-    for col in ("node", "domain", "qkdn_id", "status", "interfaces", "PHYS links", "VIRT links", "NETCONF"):
+    for col in ("node", "domain", "qkdn_id", "status", "interfaces", "PHYS links", "VIRT links", "SKR kbit/s",
+                "NETCONF"):
         table.add_column(col)
     for name, info in sorted(network["nodes"].items()):
         ep = NetconfEndpoint.from_json(info["netconf"])
         try:
             with connect(ep, timeout=5) as m:
                 s = node_summary(m)
-            row = [s.node_id or "?", s.status or "?", str(s.interfaces), str(s.links), str(s.virt_links)]
+            row = [s.node_id or "?", s.status or "?", str(s.interfaces), str(s.links), str(s.virt_links),
+                   f"{s.skr_bps / 1000:.1f}"]
         except Exception as exc:  # show an unreachable node instead of failing the whole view
-            row = [info.get("node_id", "?"), f"[red]unreachable: {type(exc).__name__}[/red]", "", "", ""]
+            row = [info.get("node_id", "?"), f"[red]unreachable: {type(exc).__name__}[/red]", "", "", "", ""]
         table.add_row(name, info.get("domain", ""), row[0], *row[1:], f"{ep.host}:{ep.port}")
     return table
+
+
+def etsi014_probe(network: dict) -> list[str]:
+    """Show keys flowing: for each pair of SAEs on different nodes, one enc_keys at the first SAE's
+    node and dec_keys of the same key ID at the second's, over mTLS with the SAEs' certificates.
+    Reports key IDs and whether both ends got the same key, never the key bytes."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    saes = network.get("saes") or {}
+    lines = []
+
+    def call(sae: str, path: str, body: dict) -> tuple[int, dict]:
+        s = saes[sae]
+        ctx = ssl.create_default_context(cafile=s["ca"])
+        ctx.load_cert_chain(s["cert"], s["key"])
+        url = network["nodes"][s["node"]]["etsi014"]["url"] + path
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    names = sorted(saes)
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if saes[a]["node"] != saes[b]["node"]]
+    for a, b in pairs[:4]:
+        st, enc = call(a, f"/api/v1/keys/{b}/enc_keys", {"number": 1})
+        if st != 200:
+            lines.append(f"ETSI 014 {a} -> {b}: enc_keys {st} {enc.get('message', '')}")
+            continue
+        kid = enc["keys"][0]["key_ID"]
+        st, dec = call(b, f"/api/v1/keys/{a}/dec_keys", {"key_IDs": [{"key_ID": kid}]})
+        same = st == 200 and dec.get("keys") == enc["keys"]
+        lines.append(f"ETSI 014 {a} -> {b}: key {kid} " + ("delivered at both ends, identical" if same
+                                                            else f"dec_keys {st} {dec.get('message', '')}"))
+    return lines
 
 
 async def _up(args: argparse.Namespace, console: Console) -> int:
@@ -81,6 +121,8 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
             code = 1
         else:
             console.print(await asyncio.to_thread(status_table, data))
+            for line in await asyncio.to_thread(etsi014_probe, data):
+                console.print(line)
     finally:
         await net.stop()
     return code

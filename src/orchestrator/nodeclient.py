@@ -51,6 +51,7 @@ class NodeSummary:
     interfaces: int
     links: int
     virt_links: int
+    skr_bps: int = 0  # sum of the PHYS links' secret key rates (015 qkdl_performance/skr)
 
 
 def node_summary(m: manager.Manager) -> NodeSummary:
@@ -67,4 +68,5 @@ def node_summary(m: manager.Manager) -> NodeSummary:
         interfaces=len(node.findall("q:qkd_interfaces/q:qkd_interface", NS)),
         links=len(links) - len(virt),
         virt_links=len(virt),
+        skr_bps=sum(int(local(ln, "q:qkdl_performance/q:skr") or 0) for ln in links if ln not in virt),
     )
