@@ -492,7 +492,7 @@ class Suites:
         print(f"$ QKD014Client({host(self.alice)!r}, sae-alice cert).get_status('sae-bob')", flush=True)
         code, status = alice.get_status("sae-bob")
         expect(code == 200, f"get_status {code}: {status}")
-        print(f"$ .get_key('sae-bob', number=1, size=256)", flush=True)
+        print("$ .get_key('sae-bob', number=1, size=256)", flush=True)
         deadline = time.monotonic() + 30
         while True:
             code, keys = alice.get_key("sae-bob", number=1, size=256)

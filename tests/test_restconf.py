@@ -6,7 +6,7 @@ import base64
 import http.client
 import json
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

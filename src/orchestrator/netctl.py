@@ -187,8 +187,6 @@ def _cmd_yang_tree(args: argparse.Namespace) -> int:
     import subprocess
     import tempfile
 
-    from lxml import etree
-
     path = Path(args.state_dir) / "network.json"
     if not path.exists():
         print(f"qkdnet: no running network in {args.state_dir} ({path} is missing)", file=sys.stderr)

@@ -136,7 +136,7 @@ def key_route(g: nx.Graph, src: str, dst: str, rate: int, *, max_paths: int = 4)
         got = rate - left
         raise NoRoute(
             f"no key route carries {rate} bit/s: at most {got} bit/s over {len(shares)} path(s)"
-            if shares else f"no key route joins the two nodes with spare key rate", got)
+            if shares else "no key route joins the two nodes with spare key rate", got)
     return shares
 
 

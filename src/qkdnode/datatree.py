@@ -421,6 +421,25 @@ def _diff_deletions(ctx: libyang.Context, node: Node) -> list[str]:
     return out
 
 
+def children(node: Node) -> list[Node]:
+    """The child nodes of an inner node, in order."""
+    out: list[Node] = []
+    child = lib.lyd_child(node)
+    while child != ffi.NULL:
+        out.append(child)
+        child = child.next
+    return out
+
+
+def is_key(node: Node) -> bool:
+    return node.schema != ffi.NULL and bool(node.schema.flags & lib.LYS_KEY)
+
+
+def is_inner(node: Node) -> bool:
+    """A container or a list entry."""
+    return node.schema != ffi.NULL and bool(node.schema.nodetype & (lib.LYS_CONTAINER | lib.LYS_LIST))
+
+
 def node_path(node: Node) -> str:
     """libyang's data path of a node (`/module:a/b[key='v']`)."""
     p = lib.lyd_path(node, lib.LYD_PATH_STD, ffi.NULL, 0)

@@ -17,7 +17,7 @@ from _libyang import ffi, lib
 from libyang.util import c2str
 from lxml import etree
 
-from .datatree import DataTree, Node, node_path, xml_path
+from .datatree import DataTree, Node, children, is_inner, is_key, node_path, xml_path
 from .netconf import errors as E
 from .netconf.namespaces import NC_NS
 
@@ -47,21 +47,10 @@ class AppliedEdit:
     path: str
 
 
-def _children(node: Node) -> list[Node]:
-    out: list[Node] = []
-    child = lib.lyd_child(node)
-    while child != ffi.NULL:
-        out.append(child)
-        child = child.next
-    return out
 
 
-def _is_key(node: Node) -> bool:
-    return node.schema != ffi.NULL and bool(node.schema.flags & lib.LYS_KEY)
 
 
-def _is_inner(node: Node) -> bool:
-    return node.schema != ffi.NULL and bool(node.schema.nodetype & (lib.LYS_CONTAINER | lib.LYS_LIST))
 
 
 def _operation(ctx_c: object, node: Node) -> EditOp | None:
@@ -109,8 +98,8 @@ class EditApplier:
         if cached is not None:
             return cached
         found = False
-        for child in _children(node):
-            if _operation(self.ctx.cdata, child) is not None or (_is_inner(child) and self._ops_below(child)):
+        for child in children(node):
+            if _operation(self.ctx.cdata, child) is not None or (is_inner(child) and self._ops_below(child)):
                 found = True
                 break
         self._has_ops[key] = found
@@ -149,7 +138,7 @@ class EditApplier:
             self.target.merge_node(node)
             self._record(op, node)
             return
-        inner = _is_inner(node)
+        inner = is_inner(node)
         if op is EditOp.MERGE:
             # descend while the target has the node, so that each change is recorded at the
             # smallest subtree it touches (precise journal records and config-change events)
@@ -160,14 +149,14 @@ class EditApplier:
             if existing is None:
                 self.target.merge_node(node, recursive=False)
                 self._record(op, node)
-            for child in _children(node):
-                if not _is_key(child):
+            for child in children(node):
+                if not is_key(child):
                     self._guarded(child, EditOp.MERGE)
             return
         # NONE: only descend; ancestors get created by a child's merge/create/replace
         if inner:
-            for child in _children(node):
-                if not _is_key(child):
+            for child in children(node):
+                if not is_key(child):
                     self._guarded(child, EditOp.NONE)
 
 
@@ -215,7 +204,7 @@ def split_valueless_removals(
         if path is None:
             continue
         node = target.find(path)
-        if node is not None and _is_inner(node):
+        if node is not None and is_inner(node):
             continue  # an empty container or list entry parses fine: leave it to libyang
         direct.append((EditOp(op), path))
         el.getparent().remove(el)

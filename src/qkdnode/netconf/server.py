@@ -5,8 +5,6 @@ RFC 6241 over SSH (RFC 6242). One `NetconfServer` serves one node's datastores.
 
 from __future__ import annotations
 
-import asyncio
-import datetime as _dt
 import hmac
 import logging
 from dataclasses import dataclass, field
@@ -26,9 +24,8 @@ from .namespaces import (
     NC_NOTIFICATIONS_NS,
     NC_NS,
     SERVER_CAPABILITIES,
-    YANG_LIBRARY_NS,
 )
-from .notifications import STREAM, EventStream, event_time
+from .notifications import EventStream, event_time
 from .session import NetconfSession, SessionInfo
 
 log = logging.getLogger(__name__)

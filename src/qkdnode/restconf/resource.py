@@ -21,7 +21,9 @@ from libyang.util import str2c
 from lxml import etree
 
 from ..datastore import Change, Datastore, Datastores
-from ..datatree import _WD_FLAGS, DataTree, Node, YangDataError, module_namespace, node_value, xml_path
+from ..datatree import (
+    _WD_FLAGS, DataTree, Node, YangDataError, children, is_inner, is_key, module_namespace, node_value, xml_path,
+)
 from ..edit import EditOp
 from ..netconf import errors as E
 from ..netconf.namespaces import NC_NS
@@ -48,37 +50,26 @@ def _dup(node: Node) -> Node:
     return out[0]
 
 
-def _children(node: Node) -> list[Node]:
-    out = []
-    child = lib.lyd_child(node)
-    while child != ffi.NULL:
-        out.append(child)
-        child = child.next
-    return out
 
 
-def _is_key(node: Node) -> bool:
-    return node.schema != ffi.NULL and bool(node.schema.flags & lib.LYS_KEY)
 
 
 def _is_config(node: Node) -> bool:
     return node.schema != ffi.NULL and bool(node.schema.flags & lib.LYS_CONFIG_W)
 
 
-def _is_inner(node: Node) -> bool:
-    return node.schema != ffi.NULL and bool(node.schema.nodetype & (lib.LYS_CONTAINER | lib.LYS_LIST))
 
 
 def _keep_state_only(node: Node) -> bool:
     """Drop config leaves (not keys) below `node`; False when nothing of `node` is left."""
-    for child in _children(node):
+    for child in children(node):
         if not _keep_state_only(child):
             lib.lyd_free_tree(child)
-    if _is_inner(node):
-        if any(not _is_key(c) for c in _children(node)):
+    if is_inner(node):
+        if any(not is_key(c) for c in children(node)):
             return True
         return not _is_config(node)  # an empty state container still says "here"
-    return _is_key(node) or not _is_config(node)
+    return is_key(node) or not _is_config(node)
 
 
 def _print_one(node: Node, fmt: str, with_defaults: str) -> str:
@@ -95,8 +86,8 @@ def _print_one(node: Node, fmt: str, with_defaults: str) -> str:
 
 def _prune_depth(node: Node, depth: int) -> None:
     """RFC 8040 4.8.2: the target is level 1; keep `depth` levels (list keys always)."""
-    for child in _children(node):
-        if depth <= 1 and not _is_key(child):
+    for child in children(node):
+        if depth <= 1 and not is_key(child):
             lib.lyd_free_tree(child)
         else:
             _prune_depth(child, depth - 1)
@@ -275,7 +266,7 @@ class Writer:
             new = list(tree.top_nodes())
         else:
             parent = tree.find(path.parent.data_path)
-            new = [c for c in _children(parent) if not _is_key(c)] if parent is not None else []
+            new = [c for c in children(parent) if not is_key(c)] if parent is not None else []
         if len(new) != 1 or tree.find(path.data_path) is None:
             raise E.InvalidValue(
                 message=f"the body must hold exactly one {path.target.module}:{path.target.name}"
@@ -317,7 +308,7 @@ class Writer:
                 new = list(tree.top_nodes())
             else:
                 target = tree.find(path.data_path)
-                new = [c for c in _children(target) if not _is_key(c)] if target is not None else []
+                new = [c for c in children(target) if not is_key(c)] if target is not None else []
             if len(new) != 1:
                 raise E.InvalidValue(message=f"POST creates exactly one child resource, the body holds {len(new)}")
             child = new[0]
@@ -370,8 +361,8 @@ def _step_of(node: Node) -> Step:
     keys: list[str] = []
     values: list[str] = []
     if sch.nodetype & lib.LYS_LIST:
-        for c in _children(node):
-            if _is_key(c):
+        for c in children(node):
+            if is_key(c):
                 keys.append(ffi.string(c.schema.name).decode())
                 values.append(node_value(c) or "")
     elif sch.nodetype & lib.LYS_LEAFLIST:
