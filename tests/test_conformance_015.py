@@ -9,10 +9,6 @@ that virt_* data is covered too. Skipped where ../shared is absent.
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +18,7 @@ import pytest
 from lxml import etree
 
 from orchestrator.nodeclient import NetconfEndpoint, connect
+from test_orchestrator_helpers import qkdnet_up
 from yangcheck import NODE_NS, official_015_available, official_015_context, validate_015
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,24 +31,11 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    state = tmp_path_factory.mktemp("conf015")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.netctl", "up", "--topology", str(ROOT / "examples" / "two-nodes.yaml"),
-         "--state-dir", str(state)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    up = qkdnet_up(ROOT / "examples" / "two-nodes.yaml", tmp_path_factory.mktemp("conf015"))
     try:
-        deadline = time.monotonic() + 60
-        while not (state / "network.json").exists():
-            assert proc.poll() is None, "qkdnet up exited"
-            assert time.monotonic() < deadline, "network did not come up"
-            time.sleep(0.1)
-        yield json.loads((state / "network.json").read_text())
+        yield up.net
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        up.stop()
 
 
 def _qkd_node(data_ele: etree._Element) -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +12,7 @@ import pytest
 from lxml import etree
 
 from orchestrator.nodeclient import NetconfEndpoint, connect
+from test_orchestrator_helpers import qkdnet_up
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "urn:etsi:qkd:yang:etsi-qkd-node"
@@ -21,23 +20,11 @@ NS = "urn:etsi:qkd:yang:etsi-qkd-node"
 
 @pytest.fixture
 def network(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
-    state = tmp_path / "net"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.netctl", "up", "--topology", str(ROOT / "examples" / "two-nodes.yaml"),
-         "--state-dir", str(state)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    up = qkdnet_up(ROOT / "examples" / "two-nodes.yaml", tmp_path / "net")
     try:
-        deadline = time.monotonic() + 60
-        while not (state / "network.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "network did not come up"
-            time.sleep(0.1)
-        yield state, json.loads((state / "network.json").read_text())
+        yield up.state, up.net
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        up.stop()
 
 
 def _skr(m: object) -> int:
