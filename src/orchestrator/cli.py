@@ -20,11 +20,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from .inventory import InventoryError, load_inventory
+from .netctl import make_console
 
 
 # -- serve ------------------------------------------------------------------------------------------
@@ -126,7 +126,7 @@ def _links_table(links: dict[str, Any]) -> Table:
 
 
 def _client(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     url = resolve_url(args)
     if args.cmd == "routes":
         console.print(_routes_table(call(f"{url}/routes")["routes"]))
@@ -155,7 +155,7 @@ def _nodes(args: argparse.Namespace) -> int:
     from .netctl import status_table
 
     inv = json.loads(Path(args.inventory).read_text())
-    Console().print(status_table(inv))
+    make_console().print(status_table(inv))
     return 0
 
 

@@ -28,6 +28,11 @@ def default_topology() -> Path:
     raise TopologyError("no topology given and no default topology found")
 
 
+def make_console() -> Console:
+    """A terminal console; 140 columns when output goes to a file or a pipe (make, CI logs)."""
+    return Console(width=None if sys.stdout.isatty() else 140)
+
+
 def status_table(network: dict) -> Table:
     table = Table(title=f"QKD network {network.get('topology', '')}")
     for col in ("node", "domain", "qkdn_id", "status", "interfaces", "PHYS links", "VIRT links", "SKR kbit/s",
@@ -129,7 +134,7 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    console = Console()
+    console = make_console()
     try:
         return asyncio.run(_up(args, console))
     except TopologyError as exc:
@@ -142,7 +147,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"qkdnet: no running network in {args.state_dir} ({path} is missing)", file=sys.stderr)
         return 2
-    Console().print(status_table(json.loads(path.read_text())))
+    make_console().print(status_table(json.loads(path.read_text())))
     return 0
 
 
