@@ -11,6 +11,7 @@ appeared in a NETCONF message the orchestrator sent or received.
 from __future__ import annotations
 
 import base64
+import os
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,6 +35,7 @@ class State:
     up: UpNetwork
     url: str
     record: Path
+    server_record: Path
     topology: Path
     keys: list[str] = []  # base64 key material seen by the SAEs in these tests
     route: dict[str, Any] = {}
@@ -44,7 +46,13 @@ def ring(tmp_path_factory: pytest.TempPathFactory) -> Iterator[type[State]]:
     tmp = tmp_path_factory.mktemp("orch-ring")
     topo = tmp / "ring4.yaml"
     topo.write_text(yaml.safe_dump(ring_topology(), sort_keys=False))
-    State.up = qkdnet_up(topo, tmp / "net")
+    # every node records the NETCONF messages its server receives and sends (decrypted)
+    State.server_record = tmp / "netconf-server-record.xml"
+    os.environ["QKDNODE_NETCONF_RECORD"] = str(State.server_record)
+    try:
+        State.up = qkdnet_up(topo, tmp / "net")
+    finally:
+        del os.environ["QKDNODE_NETCONF_RECORD"]
     State.url = State.up.url("lab")
     State.record = tmp / "netconf-record.xml"
     State.topology = topo
@@ -270,7 +278,9 @@ def test_no_key_bytes_in_any_netconf_message(ring: type[State]) -> None:
     assert "edit-config" in text and "<notification" in text  # the record saw provisioning and events
     if not ring.keys:
         pytest.skip("no keys were delivered in this run (forwarder tests skipped)")
-    raw = ring.record.read_bytes()
+    server_text = ring.server_record.read_text()
+    assert "received" in server_text and "edit-config" in server_text  # the nodes' side of the same traffic
+    raw = ring.record.read_bytes() + ring.server_record.read_bytes()
     for key in ring.keys:
         material = base64.b64decode(key)
         assert len(material) >= 16

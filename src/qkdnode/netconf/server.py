@@ -6,6 +6,7 @@ RFC 6241 over SSH (RFC 6242). One `NetconfServer` serves one node's datastores.
 from __future__ import annotations
 
 import hmac
+import os
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,24 @@ class ServerStats:
     out_rpc_errors: int = 0
 
 
+RECORD_ENV = "QKDNODE_NETCONF_RECORD"
+
+
+def message_recorder() -> Callable[[int, str, bytes], None] | None:
+    """An audit aid: with QKDNODE_NETCONF_RECORD=FILE every NETCONF message this server receives
+    or sends (after SSH decryption, before framing) is appended to FILE. Off by default."""
+    target = os.environ.get(RECORD_ENV)
+    if not target:
+        return None
+    path = Path(target)
+
+    def record(session_id: int, direction: str, message: bytes) -> None:
+        with open(path, "ab") as f:
+            f.write(f"<!-- pid {os.getpid()} session {session_id} {direction} -->\n".encode() + message + b"\n")
+
+    return record
+
+
 def load_host_key(path: Path) -> asyncssh.SSHKey:
     """The node's SSH host key, generated once and kept in the state dir."""
     if path.exists():
@@ -86,6 +105,7 @@ class NetconfServer:
         self._next_id = 1
         self._ssh: asyncssh.SSHAcceptor | None = None
         self.after_reply: Callable[[NetconfSession], None] | None = None
+        self.recorder = message_recorder()
         self._hello_caps = self._capabilities()
         from .rpc import RpcDispatcher
 

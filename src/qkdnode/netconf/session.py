@@ -106,6 +106,8 @@ class NetconfSession:
     def send_raw(self, message: bytes) -> None:
         if self.closed:
             return
+        if self.server.recorder is not None:
+            self.server.recorder(self.id, "sent", message)
         self._write(encode(message, self.framing))
 
     def send(self, xml: str) -> None:
@@ -174,6 +176,8 @@ class NetconfSession:
         return True
 
     async def _handle(self, data: bytes) -> str | None:
+        if self.server.recorder is not None:
+            self.server.recorder(self.id, "received", data)
         self.counters.in_rpcs += 1
         self.server.stats.in_rpcs += 1
         attrs = ""
