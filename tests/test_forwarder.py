@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import aiohttp
 import grpc
 import pytest
 
+from orchestrator.launcher import free_port
 from qkdnode.forwarder import Forwarder, Neighbour, attach_to_014, sae_uuid
 from qkdnode.forwarder.service import pb, pb_grpc
 from qkdnode.keystore import Etsi014Server, KeyStore, NeighbourResolver, SaeDirectory
@@ -32,12 +32,6 @@ pytestmark = pytest.mark.timeout(60)
 NAMES = ("a", "b", "c", "d")
 SAES = {"sae-a": "a", "sae-d": "d"}
 ROUTE = str(uuid.uuid4())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stream(n: int) -> list[tuple[str, int, bytes]]:

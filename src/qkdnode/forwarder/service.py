@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 __all__ = ["Neighbour", "NeighbourChannels", "RelayServer", "pb", "pb_grpc"]
 
 MAX_MESSAGE = 8 * 1024 * 1024
-_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE)]
+_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE), ("grpc.max_send_message_length", MAX_MESSAGE),
+    # gRPC sets SO_REUSEPORT by default: two servers on one port would then share its connections
+    # silently (a neighbour reaching the wrong node); a taken port must fail to bind instead
+    ("grpc.so_reuseport", 0),
+]
 R = TypeVar("R")
 
 

@@ -292,7 +292,7 @@ class Etsi004Kms:
             [(self.pki.key.read_bytes(), self.pki.cert.read_bytes())],
             root_certificates=self.pki.ca.read_bytes(), require_client_auth=True,
         )
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port must not be shared
         pb_grpc.add_Etsi004Servicer_to_server(AppService(self), server)
         pb_grpc.add_Etsi004PeerServicer_to_server(PeerService(self), server)
         self.port = server.add_secure_port(f"{host}:{port}", creds)
