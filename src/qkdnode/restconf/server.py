@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 YANG_LIBRARY_VERSION = "2019-01-04"
 ROOT = "/restconf"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-USER_KEY = "restconf.user"
+USER_KEY = web.RequestKey("restconf.user", str)
 
 
 def _media_out(request: web.Request) -> str:
