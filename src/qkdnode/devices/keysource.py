@@ -32,10 +32,10 @@ import json
 import logging
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Protocol
+from typing import Protocol
 
 from aiohttp import web
 
@@ -43,11 +43,10 @@ from ..keystore.errors import (
     BadRequest,
     InsufficientKeys,
     KeySizeNotSupported,
-    KeyStoreError,
     RequestLimitExceeded,
-    StorageError,
     Unauthorized,
 )
+from ..keystore.etsi014 import ENC_FIELDS, guarded, int_param, json_object
 from ..pki import peer_common_name
 
 log = logging.getLogger(__name__)
@@ -58,59 +57,8 @@ __all__ = [
 
 PREFIX = "/api/v1/keys"
 ACK_PATH = "ack"
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_ENC_FIELDS = frozenset({"number", "size", "additional_slave_SAE_IDs", "extension_mandatory",
-                         "extension_optional"})
-
-
 def _json(status: int, body: object) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
-
-
-def _guarded(handler: _Handler) -> _Handler:
-    """KeyStoreErrors render as 014 errors; anything unexpected is a bare 503."""
-
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except KeyStoreError as err:
-            log.info("%s %s -> %d %s", request.method, request.path, err.http_status, err.message)
-            return _json(err.http_status, err.body())
-        except web.HTTPException:
-            raise
-        except Exception:
-            log.exception("%s %s failed", request.method, request.path)
-            internal = StorageError("internal error")
-            return _json(internal.http_status, internal.body())
-
-    return wrapper
-
-
-def _int(name: str, value: object, *, query: bool) -> int:
-    if query and isinstance(value, str):
-        if not (value.isascii() and value.isdigit() and len(value) <= 12):
-            raise BadRequest(f"{name} must be a positive integer", [{"parameter": name}])
-        return int(value)
-    if type(value) is not int:
-        raise BadRequest(f"{name} must be an integer", [{"parameter": name}])
-    return value
-
-
-async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise BadRequest("Content-Type must be application/json")
-    try:
-        body = json.loads(await request.read())
-    except web.HTTPRequestEntityTooLarge:
-        raise BadRequest("request body too large") from None
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest("unknown parameter(s): " + ", ".join(unknown), [{"parameter": k} for k in unknown])
-    return body
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +171,10 @@ class ModuleKeySource:
         self.acknowledged = 0
         self.app = web.Application(client_max_size=max_body)
         r = self.app.router
-        r.add_get(PREFIX + "/{slave}/status", _guarded(self.status))
-        r.add_get(PREFIX + "/{slave}/enc_keys", _guarded(self.enc_keys_get))
-        r.add_post(PREFIX + "/{slave}/enc_keys", _guarded(self.enc_keys_post))
-        r.add_post(PREFIX + "/{slave}/" + ACK_PATH, _guarded(self.ack))
+        r.add_get(PREFIX + "/{slave}/status", guarded(self.status))
+        r.add_get(PREFIX + "/{slave}/enc_keys", guarded(self.enc_keys_get))
+        r.add_post(PREFIX + "/{slave}/enc_keys", guarded(self.enc_keys_post))
+        r.add_post(PREFIX + "/{slave}/" + ACK_PATH, guarded(self.ack))
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -288,7 +236,7 @@ class ModuleKeySource:
 
     async def enc_keys_post(self, request: web.Request) -> web.Response:
         self._authorise(request)
-        body = await _body(request, _ENC_FIELDS)
+        body = await json_object(request, ENC_FIELDS)
         if body.get("additional_slave_SAE_IDs"):
             raise BadRequest("additional_slave_SAE_IDs is not supported (max_SAE_ID_count is 0)",
                              [{"parameter": "additional_slave_SAE_IDs"}])
@@ -298,12 +246,12 @@ class ModuleKeySource:
         return self._enc_keys(body.get("number", 1), body.get("size"), query=False)
 
     def _enc_keys(self, number: object, size: object, *, query: bool) -> web.Response:
-        n = _int("number", number, query=query)
+        n = int_param("number", number, query=query)
         if not 1 <= n <= self.max_key_per_request:
             raise RequestLimitExceeded(n, self.max_key_per_request)
         own = self.module.key_size_bits
-        if size is not None and _int("size", size, query=query) != own:
-            raise KeySizeNotSupported(_int("size", size, query=query), own)
+        if size is not None and int_param("size", size, query=query) != own:
+            raise KeySizeNotSupported(int_param("size", size, query=query), own)
         buf = self.module.buffer
         if len(buf) < n:
             raise InsufficientKeys(n, len(buf))
@@ -318,7 +266,7 @@ class ModuleKeySource:
 
     async def ack(self, request: web.Request) -> web.Response:
         self._authorise(request)
-        body = await _body(request, frozenset({"key_IDs"}))
+        body = await json_object(request, frozenset({"key_IDs"}))
         items = body.get("key_IDs")
         if not isinstance(items, list) or not items:
             raise BadRequest("key_IDs must be a non-empty array")

@@ -79,12 +79,12 @@ class NeighbourResolver:
         return None if node is None else self.routes.get(node)
 
 
-def _error_response(err: KeyStoreError) -> web.Response:
+def error_response(err: KeyStoreError) -> web.Response:
     return web.Response(status=err.http_status, body=json.dumps(err.body()).encode(),
                         content_type="application/json")
 
 
-def _guarded(handler: _Handler) -> _Handler:
+def guarded(handler: _Handler) -> _Handler:
     """Render KeyStoreErrors as ETSI 014 errors; anything unexpected becomes a bare 503."""
 
     async def wrapper(request: web.Request) -> web.StreamResponse:
@@ -92,12 +92,12 @@ def _guarded(handler: _Handler) -> _Handler:
             return await handler(request)
         except KeyStoreError as err:
             log.info("%s %s -> %d %s", request.method, request.path, err.http_status, err.message)
-            return _error_response(err)
+            return error_response(err)
         except web.HTTPException:
             raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            return _error_response(StorageError("internal error"))
+            return error_response(StorageError("internal error"))
 
     return wrapper
 
@@ -111,7 +111,7 @@ def _keys_response(delivery: Delivery) -> web.Response:
     return web.Response(body=body.encode(), content_type="application/json")
 
 
-def _int_param(name: str, value: object, *, query: bool) -> int:
+def int_param(name: str, value: object, *, query: bool) -> int:
     """An integer from a query string (digits only) or a JSON number (int, not bool/float)."""
     if query and isinstance(value, str):
         if not (value.isascii() and value.isdigit() and len(value) <= 12):
@@ -122,7 +122,7 @@ def _int_param(name: str, value: object, *, query: bool) -> int:
     return value
 
 
-async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise BadRequest("Content-Type must be application/json")
     try:
@@ -142,7 +142,7 @@ async def _json_object(request: web.Request, allowed: frozenset[str]) -> dict[st
     return body
 
 
-_ENC_FIELDS = frozenset({"number", "size", "additional_slave_SAE_IDs",
+ENC_FIELDS = frozenset({"number", "size", "additional_slave_SAE_IDs",
                          "extension_mandatory", "extension_optional"})
 _DEC_FIELDS = frozenset({"key_IDs", "key_IDs_extension"})
 
@@ -164,11 +164,11 @@ class Etsi014Server:
         self.committer = GroupCommitter(store)
         self.app = web.Application(client_max_size=max_body)
         r = self.app.router
-        r.add_get(PREFIX + "/{slave}/status", _guarded(self.status))
-        r.add_route("GET", PREFIX + "/{slave}/enc_keys", _guarded(self.enc_keys_get))
-        r.add_route("POST", PREFIX + "/{slave}/enc_keys", _guarded(self.enc_keys_post))
-        r.add_route("GET", PREFIX + "/{master}/dec_keys", _guarded(self.dec_keys_get))
-        r.add_route("POST", PREFIX + "/{master}/dec_keys", _guarded(self.dec_keys_post))
+        r.add_get(PREFIX + "/{slave}/status", guarded(self.status))
+        r.add_route("GET", PREFIX + "/{slave}/enc_keys", guarded(self.enc_keys_get))
+        r.add_route("POST", PREFIX + "/{slave}/enc_keys", guarded(self.enc_keys_post))
+        r.add_route("GET", PREFIX + "/{master}/dec_keys", guarded(self.dec_keys_get))
+        r.add_route("POST", PREFIX + "/{master}/dec_keys", guarded(self.dec_keys_post))
         r.add_get("/api/v1/openapi.yaml", self.openapi)
         self._openapi = resources.files(__package__).joinpath(OPENAPI_RESOURCE).read_bytes()
         self._runner: web.AppRunner | None = None
@@ -240,7 +240,7 @@ class Etsi014Server:
 
     async def enc_keys_post(self, request: web.Request) -> web.Response:
         master = self._caller(request)
-        body = await _json_object(request, _ENC_FIELDS)
+        body = await json_object(request, ENC_FIELDS)
         extra = body.get("additional_slave_SAE_IDs", [])
         if not isinstance(extra, list):
             raise BadRequest("additional_slave_SAE_IDs must be an array")
@@ -260,9 +260,9 @@ class Etsi014Server:
                         size: object, query: bool) -> web.Response:
         slave = request.match_info["slave"]
         assoc = self._association(master, slave)
-        n = _int_param("number", number, query=query)
+        n = int_param("number", number, query=query)
         size_bits = (self.store.stats(assoc).key_size_bits if size is None
-                     else _int_param("size", size, query=query))
+                     else int_param("size", size, query=query))
         delivery = await self.committer.deliver(MasterRequest(assoc, master, slave, n, size_bits))
         return _keys_response(delivery)
 
@@ -279,7 +279,7 @@ class Etsi014Server:
 
     async def dec_keys_post(self, request: web.Request) -> web.Response:
         slave = self._caller(request)
-        body = await _json_object(request, _DEC_FIELDS)
+        body = await json_object(request, _DEC_FIELDS)
         items = body.get("key_IDs")
         if not isinstance(items, list) or not items:
             raise BadRequest("key_IDs must be a non-empty array")
