@@ -32,6 +32,7 @@ from typing import Final
 
 import libyang
 from _libyang import ffi, lib
+from yangcheck import load_modules, validate_document
 
 REPO_ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 PROJECT_YANG: Final[Path] = REPO_ROOT / "yang"
@@ -72,27 +73,9 @@ def official_tapi_available() -> bool:
     return all(official_file(name).is_file() for name in OFFICIAL_MODULES)
 
 
-def _load_modules(directory: Path, names: tuple[str, ...]) -> libyang.Context:
-    """A context with the modules ``<directory>/<name>.yang``, parsed in the given order.
-
-    Parsed from their text in dependency order rather than looked up by name, so that
-    nothing on $YANGPATH / $YANG_MODPATH (which libyang-python puts *before* the search
-    path given here) can stand in for them; an import is resolved with the module already
-    parsed. Our modules and the official ones share names: never load both in one context.
-    """
-    ctx = libyang.Context(str(directory))
-    try:
-        for name in names:
-            ctx.parse_module_str((directory / f"{name}.yang").read_text(encoding="utf-8"))
-    except BaseException:
-        ctx.destroy()
-        raise
-    return ctx
-
-
 def project_tapi_context() -> libyang.Context:
     """A context with our four TAPI modules."""
-    return _load_modules(PROJECT_YANG, tuple(PROJECT_MODULES))
+    return load_modules(PROJECT_YANG, tuple(PROJECT_MODULES))
 
 
 def official_tapi_context(tmpdir: Path | str) -> libyang.Context:
@@ -109,32 +92,12 @@ def official_tapi_context(tmpdir: Path | str) -> libyang.Context:
     target.mkdir(parents=True, exist_ok=True)
     for name in OFFICIAL_MODULES:
         shutil.copyfile(official_file(name), target / f"{name}.yang")
-    return _load_modules(target, tuple(OFFICIAL_MODULES))
+    return load_modules(target, tuple(OFFICIAL_MODULES))
 
 
 def validate_tapi(xml: str, *, with_state: bool, ctx: libyang.Context) -> None:
-    """Fully validate an XML datastore document whose root is ``<context xmlns=COMMON_NS>``.
-
-    ``with_state=False``: a configuration datastore (running/candidate); state nodes are
-    an error. ``with_state=True``: operational data, state nodes allowed and validated.
-    Raises AssertionError carrying libyang's message if the document is invalid.
-    """
-    mode = "operational" if with_state else "config"
-    try:
-        if with_state:
-            tree = ctx.parse_data_mem(xml, "xml", strict=True, validate_present=True)
-        else:
-            tree = ctx.parse_data_mem(xml, "xml", no_state=True, strict=True)
-    except libyang.LibyangError as err:
-        raise AssertionError(f"TAPI {mode} data invalid: {err}") from err
-    if tree is None:
-        raise AssertionError(f"TAPI {mode} data invalid: empty document")
-    try:
-        roots = [(node.module().name(), node.name()) for node in tree.siblings()]
-        if ("tapi-common", "context") not in roots:
-            raise AssertionError(f"TAPI {mode} data has no tapi-common:context root: {roots}")
-    finally:
-        tree.free()
+    """`validate_document` for a document whose root is ``<context xmlns=COMMON_NS>``."""
+    validate_document(xml, with_state=with_state, ctx=ctx, root=("tapi-common", "context"), label="TAPI")
 
 
 # --------------------------------------------------------------------------- schema walk

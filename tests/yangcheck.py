@@ -62,7 +62,7 @@ def prefix_official_when(text: str) -> str:
     return fixed
 
 
-def _load_modules(directory: Path, names: tuple[str, ...]) -> libyang.Context:
+def load_modules(directory: Path, names: tuple[str, ...]) -> libyang.Context:
     """A context with the modules ``<directory>/<name>.yang``, parsed in the given order.
 
     Modules are parsed from their text in dependency order rather than looked up by name,
@@ -89,7 +89,7 @@ def project_015_context(*, deviations: bool = True) -> libyang.Context:
     names: tuple[str, ...] = (TYPES_MODULE, NODE_MODULE)
     if deviations:
         names += (DEVIATION_MODULE,)
-    return _load_modules(PROJECT_YANG, names)
+    return load_modules(PROJECT_YANG, names)
 
 
 def official_015_context(tmpdir: Path | str, *, fix_when: bool = True) -> libyang.Context:
@@ -109,11 +109,13 @@ def official_015_context(tmpdir: Path | str, *, fix_when: bool = True) -> libyan
     if fix_when:
         node_text = prefix_official_when(node_text)
     (target / f"{NODE_MODULE}.yang").write_text(node_text, encoding="utf-8")
-    return _load_modules(target, (TYPES_MODULE, NODE_MODULE))
+    return load_modules(target, (TYPES_MODULE, NODE_MODULE))
 
 
-def validate_015(xml: str, *, with_state: bool, ctx: libyang.Context) -> None:
-    """Fully validate an XML datastore document whose root is ``<qkd_node xmlns=NODE_NS>``.
+def validate_document(
+    xml: str, *, with_state: bool, ctx: libyang.Context, root: tuple[str, str], label: str
+) -> None:
+    """Fully validate an XML datastore document that must hold the top node `root` (module, name).
 
     ``with_state=False``: a configuration datastore (running/candidate); state nodes are
     an error. ``with_state=True``: operational data, state nodes allowed and validated.
@@ -126,12 +128,17 @@ def validate_015(xml: str, *, with_state: bool, ctx: libyang.Context) -> None:
         else:
             tree = ctx.parse_data_mem(xml, "xml", no_state=True, strict=True)
     except libyang.LibyangError as err:
-        raise AssertionError(f"ETSI 015 {mode} data invalid: {err}") from err
+        raise AssertionError(f"{label} {mode} data invalid: {err}") from err
     if tree is None:
-        raise AssertionError(f"ETSI 015 {mode} data invalid: empty document")
+        raise AssertionError(f"{label} {mode} data invalid: empty document")
     try:
         roots = [(node.module().name(), node.name()) for node in tree.siblings()]
-        if (NODE_MODULE, "qkd_node") not in roots:
-            raise AssertionError(f"ETSI 015 {mode} data has no {NODE_MODULE}:qkd_node root: {roots}")
+        if root not in roots:
+            raise AssertionError(f"{label} {mode} data has no {root[0]}:{root[1]} root: {roots}")
     finally:
         tree.free()
+
+
+def validate_015(xml: str, *, with_state: bool, ctx: libyang.Context) -> None:
+    """`validate_document` for a document whose root is ``<qkd_node xmlns=NODE_NS>``."""
+    validate_document(xml, with_state=with_state, ctx=ctx, root=(NODE_MODULE, "qkd_node"), label="ETSI 015")
