@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import libyang
 
@@ -240,7 +240,6 @@ class Datastores:
         self._candidate = tree
         self._candidate_valid = validated
         self._candidate_edits.extend(applied)
-        self._cache.pop((Datastore.CANDIDATE, "explicit"), None)
         self._invalidate(Datastore.CANDIDATE)
         if old is not None:
             old.free()
@@ -367,7 +366,3 @@ class Datastores:
 def _deletions(paths: list[str]) -> list[AppliedEdit]:
     """Nodes validation deleted (their 'when' became false): part of the change like any edit."""
     return [AppliedEdit(EditOp.DELETE, p) for p in paths]
-
-
-def edits_paths(edits: Iterable[AppliedEdit]) -> list[str]:
-    return [e.path for e in edits]

@@ -13,9 +13,10 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 
+from .devices.fabric import DARK_LOSS_DB
+
 log = logging.getLogger(__name__)
 
-DARK_LOSS_DB = 99.0
 
 
 @dataclass(frozen=True)
