@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +18,7 @@ from .netconf.server import NetconfServer
 from .qkd015 import node_config_xml
 from .schema import build_context
 from .tapi import Switch, SwitchAgent
+from .eventloop import wait_for_stop_signal
 
 if TYPE_CHECKING:
     from .restconf import RestconfServer
@@ -133,9 +133,5 @@ async def run_node(cfg: NodeConfig) -> None:
     node = Node(cfg)
     await node.start()
     print(f"READY {cfg.name} netconf={node.netconf_port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     await asyncio.wait_for(node.stop(), timeout=5)

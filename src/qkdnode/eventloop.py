@@ -7,6 +7,7 @@ bench/keys_bench.py); every library the node uses (asyncssh, aiohttp, grpc.aio) 
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any, Coroutine, TypeVar
 
 T = TypeVar("T")
@@ -19,3 +20,12 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(coro)
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process gets SIGINT or SIGTERM (how qkdnet stops the processes it starts)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

@@ -21,13 +21,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import ssl
 import sys
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+
+from .eventloop import wait_for_stop_signal
 
 MAX_BYTES = 1 << 20
 
@@ -108,11 +109,7 @@ async def _main(args: argparse.Namespace) -> None:
     ctx = server_ssl(args.cert, args.key, args.ca)
     runner, port = await serve(args.host, args.port, ctx)
     print(f"READY qrng port={port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     await runner.cleanup()
 
 

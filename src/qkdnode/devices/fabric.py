@@ -22,12 +22,13 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+
+from ..eventloop import wait_for_stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -352,11 +353,7 @@ async def serve(plant_file: Path, host: str, port: int) -> None:
     site = web.TCPSite(runner, host, port)
     await site.start()
     print(f"READY fabric http://{host}:{port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     await runner.cleanup()
 
 
