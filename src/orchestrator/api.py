@@ -7,7 +7,11 @@
     POST   /routes                 {src, dst, rate_bps, saes, [max_rate_bps], [id]} -> 201 route
     DELETE /routes/{id}
     GET    /direct-links           feasible emitter/receiver pairings through the optical switches
+                                   (`built`, `qkdl_id` when built) and the built links
+    POST   /direct-links           {emitter, receiver} (module names) -> 201 built link (200: already built)
+    DELETE /direct-links/{qkdl_id} remove a built link (services and PHYS entries, one transaction)
     GET    /events                 what the orchestrator saw and did (link down, route healed ...)
+    GET    /metrics                Prometheus metrics (orchestrator.metrics);  GET /view, GET / : live web page
     GET    /abstract?node=N        peering: border nodes and their spare key rate towards N
     POST   /segments, DELETE /segments/{id}   peering: install / remove this domain's segment
 
@@ -24,7 +28,10 @@ from typing import Any
 from aiohttp import web
 
 from . import peering
+from . import web as web_view
 from .controller import Orchestrator, RequestError
+from .metrics import OrchestratorMetrics
+from .model import Route
 from .session import NodeUnreachable
 from .transaction import TransactionError
 
@@ -141,11 +148,45 @@ async def delete_route(request: web.Request) -> web.Response:
 
 
 async def direct(request: web.Request) -> web.Response:
-    return _json({"direct_links": request.app[ORCH].direct_links_json()})
+    o = request.app[ORCH]
+    return _json({"direct_links": o.direct_links_json(),
+                  "built": [o.direct.to_json(bl) for _, bl in sorted(o.direct.built().items())]})
+
+
+async def build_direct(request: web.Request) -> web.Response:
+    o = request.app[ORCH]
+    body = await _body(request)
+    for key in ("emitter", "receiver"):
+        if not isinstance(body.get(key), (str, dict)) or not body[key]:
+            raise RequestError(f"{key} (a module name, NODE:QKDI or {{node, qkdi_id}}) is required")
+    link, created = await o.build_direct_link(body["emitter"], body["receiver"])
+    return _json(o.direct.to_json(link), 201 if created else 200)
+
+
+async def delete_direct(request: web.Request) -> web.Response:
+    o = request.app[ORCH]
+    link = await o.delete_direct_link(request.match_info["qkdl_id"])
+    return _json({**o.direct.to_json(link), "built": False})
 
 
 async def events(request: web.Request) -> web.Response:
     return _json({"events": request.app[ORCH].events})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format (orchestrator.metrics)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    body = OrchestratorMetrics.for_orchestrator(request.app[ORCH]).render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def view(request: web.Request) -> web.Response:
+    return _json(web_view.view_json(request.app[ORCH]))
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.Response(body=web_view.index_html(), content_type="text/html", charset="utf-8")
 
 
 async def abstract(request: web.Request) -> web.Response:
@@ -154,21 +195,25 @@ async def abstract(request: web.Request) -> web.Response:
     return _json(peering.abstract_view(o, node))
 
 
+def _segment_reply(r: Route) -> dict[str, Any]:
+    """What a peer domain learns of our segment: nothing of our interior (no node, no path)."""
+    return {"route_id": r.route_id, "qkdl_ids": r.qkdl_ids, "rate_bps": r.min_rate, "status": r.status}
+
+
 async def create_segment(request: web.Request) -> web.Response:
-    o = request.app[ORCH]
-    r = await peering.install_segment(o, await _body(request))
-    return _json(r.to_json(o.names()), 201)
+    r = await peering.install_segment(request.app[ORCH], await _body(request))
+    return _json(_segment_reply(r), 201)
 
 
 async def delete_segment(request: web.Request) -> web.Response:
-    o = request.app[ORCH]
-    r = await o.delete_route(request.match_info["id"])
-    return _json(r.to_json(o.names()))
+    r = await request.app[ORCH].delete_route(request.match_info["id"])
+    return _json(_segment_reply(r))
 
 
 def make_app(orch: Orchestrator) -> web.Application:
     app = web.Application(middlewares=[errors])
     app[ORCH] = orch
+    OrchestratorMetrics.for_orchestrator(orch)  # instrument before start(): every NETCONF RPC is counted
     app.router.add_get("/health", health)
     app.router.add_get("/topology", topology)
     app.router.add_get("/links", links)
@@ -177,7 +222,12 @@ def make_app(orch: Orchestrator) -> web.Application:
     app.router.add_get("/routes/{id}", route)
     app.router.add_delete("/routes/{id}", delete_route)
     app.router.add_get("/direct-links", direct)
+    app.router.add_post("/direct-links", build_direct)
+    app.router.add_delete("/direct-links/{qkdl_id}", delete_direct)
     app.router.add_get("/events", events)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/view", view)
+    app.router.add_get("/", index)
     app.router.add_get("/abstract", abstract)
     app.router.add_post("/segments", create_segment)
     app.router.add_delete("/segments/{id}", delete_segment)

@@ -4,6 +4,7 @@
     qkdorch links|routes|topology|direct-links|events [--url URL | --state-dir DIR [--domain D]]
     qkdorch route SRC DST --rate BPS [--sae ID ...] [--max-rate BPS] [--id UUID]
     qkdorch delete-route ID
+    qkdorch link build EMITTER RECEIVER | qkdorch link delete QKDL_ID   (direct links through the switches)
     qkdorch nodes --inventory network.json      (query the nodes directly over NETCONF)
 """
 
@@ -110,7 +111,8 @@ def _routes_table(routes: list[dict[str, Any]]) -> Table:
             " > ".join(([f"[{p['upstream']}]"] if p["upstream"] else []) + p["nodes"]
                        + ([f"[{p['downstream']}]"] if p["downstream"] else [])) + f" ({p['rate_bps']})"
             for p in r["paths"])
-        t.add_row(*(escape(str(x)) for x in (r["id"], r["src"], r["dst"], ", ".join(r["saes"]), r["rate_bps"],
+        dst = f"{r['peer_dst']} (via {r['border']})" if r.get("peer_dst") else r["dst"]
+        t.add_row(*(escape(str(x)) for x in (r["id"], r["src"], dst, ", ".join(r["saes"]), r["rate_bps"],
                                                r["status"], paths)))
     return t
 
@@ -148,7 +150,26 @@ def _client(args: argparse.Namespace) -> int:
     elif args.cmd == "delete-route":
         r = call(f"{url}/routes/{args.id}", "DELETE")
         print(f"route {r['id']} deleted")
+    elif args.cmd == "link" and args.action == "build":
+        console.print(_direct_table([call(f"{url}/direct-links", "POST", {"emitter": args.emitter,
+                                                                        "receiver": args.receiver})]))
+    elif args.cmd == "link" and args.action == "delete":
+        d = call(f"{url}/direct-links/{args.qkdl_id}", "DELETE")
+        print(f"direct link {d['qkdl_id']} ({d['emitter']['device']} -> {d['receiver']['device']}) deleted")
     return 0
+
+
+def _direct_table(links: list[dict[str, Any]]) -> Table:
+    t = Table(title="direct links")
+    for col in ("qkdl_id", "emitter", "receiver", "loss dB", "cross-connects", "up", "skr bit/s"):
+        t.add_column(col)
+    for d in links:
+        xcs = "\n".join(f"{x['switch']} ({x['node']}): {x['in_port']} > {x['out_port']}" for x in d["cross_connects"])
+        t.add_row(*(escape(str(x)) for x in (
+            d["qkdl_id"], f"{d['emitter']['node']}/{d['emitter']['device']}",
+            f"{d['receiver']['node']}/{d['receiver']['device']}", d["loss_db"], xcs,
+            "yes" if d.get("up") else "no", d.get("skr_bps"))))
+    return t
 
 
 def _nodes(args: argparse.Namespace) -> int:
@@ -188,6 +209,18 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--id", help="route UUID (default: new)")
         if name == "delete-route":
             p.add_argument("id")
+    lk = sub.add_parser("link", help="build or delete a direct QKD link through the optical switches")
+    lk_sub = lk.add_subparsers(dest="action", required=True)
+    for action, help_ in (("build", "build EMITTER -> RECEIVER (module names)"), ("delete", "delete a built link")):
+        p = lk_sub.add_parser(action, help=help_)
+        p.add_argument("--url", help="the orchestrator's REST API")
+        p.add_argument("--state-dir", default="state", help="network of qkdnet up (network.json 'orchestrators')")
+        p.add_argument("--domain", help="which domain's orchestrator (several in network.json)")
+        if action == "build":
+            p.add_argument("emitter", help="transmitter module (name, or NODE:QKDI)")
+            p.add_argument("receiver", help="receiver module (name, or NODE:QKDI)")
+        else:
+            p.add_argument("qkdl_id")
     nd = sub.add_parser("nodes", help="query an inventory's nodes over NETCONF")
     nd.add_argument("--inventory", required=True, help="network.json or an inventory file with 'nodes'")
     args = parser.parse_args(argv)

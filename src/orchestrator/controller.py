@@ -16,16 +16,18 @@ reinstalled under the same `qkdl_id`, so that keys already delivered over it sta
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lxml import etree
 
 from . import peering
+from .directlink import BuiltLink, DirectLinks
 from .discovery import discover
 from .inventory import Inventory
 from .model import (
@@ -77,13 +79,26 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heal_pending = asyncio.Event()
         self.events: list[dict[str, Any]] = []  # what happened (for the NMS and tests)
+        self.event_listeners: list[Callable[[dict[str, Any]], None]] = []  # e.g. metrics (orchestrator.metrics)
         self.peers = peering.Peers(inventory.peers)
+        self.direct = DirectLinks(self)  # direct QKD links through the optical switches (directlink.py)
+        self._border = set(inventory.border_nodes())
 
     # -- life cycle -------------------------------------------------------------------------------
+    def _border_ids(self) -> list[str]:
+        return [self.ids[n] for n in self._border if n in self.ids]
+
+    async def _discover_all(self) -> list[tuple[str, NodeView | BaseException]]:
+        """Our own nodes first, then the border nodes (read with what we know by then)."""
+        out: list[tuple[str, NodeView | BaseException]] = []
+        for group in ([n for n in self.sessions if n not in self._border], [n for n in self.sessions if n in self._border]):
+            results = await asyncio.gather(*(self._discover(n) for n in group), return_exceptions=True)
+            out.extend(zip(group, results))
+        return out
+
     async def start(self) -> None:
-        results = await asyncio.gather(*(self._discover(n) for n in self.sessions), return_exceptions=True)
-        for name, res in zip(self.sessions, results):
-            if isinstance(res, Exception):
+        for name, res in await self._discover_all():
+            if isinstance(res, BaseException):
                 log.warning("%s: not discovered at start-up: %s", name, res)
         self._rebuild_intent()
         if self.use_notifications:
@@ -112,12 +127,19 @@ class Orchestrator:
         t.add_done_callback(self._tasks.discard)
 
     def _event(self, kind: str, **info: Any) -> None:
-        self.events.append({"time": time.time(), "event": kind, **info})
+        event = {"time": time.time(), "event": kind, **info}
+        self.events.append(event)
         del self.events[:-500]
+        for listener in self.event_listeners:
+            listener(event)
 
     # -- discovery ----------------------------------------------------------------------------------
     async def _discover(self, name: str) -> NodeView:
-        view = await discover(self.sessions[name])
+        if name in self._border:  # shared with other domains: read only what names our nodes
+            known = {q for n, q in self.ids.items() if n not in self._border} | set(self._border_ids())
+            view = await discover(self.sessions[name], known)
+        else:
+            view = await discover(self.sessions[name])
         old = self.model.nodes.get(view.qkdn_id)
         if old is not None and old.name != name:
             raise ValueError(f"{name} and {old.name} claim the same qkdn_id {view.qkdn_id}")
@@ -160,10 +182,9 @@ class Orchestrator:
 
     async def refresh(self) -> None:
         """Re-read every reachable node (link rates, interfaces, applications)."""
-        for name, res in zip(self.sessions, await asyncio.gather(
-                *(self._discover(n) for n in self.sessions), return_exceptions=True)):
+        for name, res in await self._discover_all():
             q = self.ids.get(name)
-            if isinstance(res, Exception) and q in self.model.nodes:
+            if isinstance(res, BaseException) and q in self.model.nodes:
                 log.info("%s: refresh failed: %s", name, res)
         for qkdl_id, views in self.model.phys_links().items():  # a link-up notification may have been missed
             if qkdl_id in self.model.down_links and all(v.skr for v in views) and len(views) > 1:
@@ -230,7 +251,7 @@ class Orchestrator:
             route = self.routes.get(route_id)
             if route is None:
                 raise RequestError(f"no route {route_id}", 404)
-            if route.origin and route.dst not in self.model.nodes and self.peers.urls:
+            if route.origin and route.stitch is not None and self.peers.urls:
                 await self.peers.delete_segment(route.peer_domain, route.route_id)
             await self._apply(route, None, skip_unreachable=True)
             del self.routes[route_id]
@@ -264,6 +285,15 @@ class Orchestrator:
                 edits.append(NodeEdit(self.sessions[view.name], edit, undo))
         await Transaction(edits).run()
         return [e.session.name for e in edits]
+
+    # -- direct links (directlink.py) ---------------------------------------------------------------
+    async def build_direct_link(self, emitter: Any, receiver: Any) -> tuple[BuiltLink, bool]:
+        """Connectivity services on the path's switches + PHYS entries at both ends, one transaction;
+        returns (link, created)."""
+        return await self.direct.build(emitter, receiver)
+
+    async def delete_direct_link(self, qkdl_id: str) -> BuiltLink:
+        return await self.direct.delete(qkdl_id)
 
     # -- healing ------------------------------------------------------------------------------------
     def _segment_ok(self, seg: Segment, graph: Any) -> bool:
@@ -312,8 +342,6 @@ class Orchestrator:
             ms = round((time.monotonic() - t0) * 1000, 1)
             for _, new in changes:
                 self._event("route-healed", route=new.route_id, ms=ms, paths=[s.path for s in new.segments])
-                if new.origin and new.segments[0].downstream and new.dst not in self.model.nodes:
-                    self._spawn(peering.notify_upstream_change(self, new))
             if broken and len(changes) < len(broken):
                 self._retry_later()
             return [n.route_id for _, n in changes]
@@ -341,8 +369,7 @@ class Orchestrator:
                                   seg.downstream)
             for a, b in zip(path, path[1:]):
                 graph.edges[a, b]["spare"] -= seg.rate
-        return Route(route.route_id, route.src, route.dst, route.saes, route.min_rate, route.max_rate, new_segs,
-                     route.applications, "up", route.peer_domain, route.origin)
+        return dataclasses.replace(route, segments=new_segs, status="up")
 
     async def _healer(self) -> None:
         while True:
@@ -474,4 +501,4 @@ class Orchestrator:
                                      "qkdi_id": d.receiver.interface.qkdi_id, "device": d.receiver.interface.device},
                         "technology": d.emitter.interface.technology, "loss_db": d.loss_db, "budget_db": d.budget_db,
                         "margin_db": round(d.budget_db - d.loss_db, 3)})
-        return out
+        return self.direct.mark(out)

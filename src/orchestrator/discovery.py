@@ -17,6 +17,7 @@ QKD_NS = "urn:etsi:qkd:yang:etsi-qkd-node"
 TAPI_COMMON_NS = "urn:onf:otcc:yang:tapi-common"
 TAPI_TOPOLOGY_NS = "urn:onf:otcc:yang:tapi-topology"
 TAPI_CONNECTIVITY_NS = "urn:onf:otcc:yang:tapi-connectivity"
+TAPI_PHOTONIC_NS = "urn:onf:otcc:yang:tapi-photonic-media"
 
 QKD_FILTER = f'<qkd_node xmlns="{QKD_NS}"/>'
 TAPI_FILTER = f'<context xmlns="{TAPI_COMMON_NS}"/>'
@@ -193,17 +194,60 @@ def parse_tapi(data: etree._Element) -> TapiTopology | None:
         eps = [text(e, "service-interface-point/service-interface-point-uuid", C) or ""
                for e in s.findall(_q("end-point", C))]
         services[uid] = {"uuid": uid, "sips": eps, "names": _names(s, C),
-                         "operational_state": text(s, "operational-state", C)}
+                         "operational_state": text(s, "operational-state", C),
+                         "end_points": [_end_point(e) for e in s.findall(_q("end-point", C))]}
     return TapiTopology(text(topo_el, "uuid", T) or "", nodes, links, sips, services)
+
+
+def _end_point(e: etree._Element) -> dict[str, Any]:
+    """local-id, SIP and spectrum [lower, upper) MHz (None: whole fibre) of a service end-point."""
+    spec = e.find(f"{{{TAPI_PHOTONIC_NS}}}media-channel-connectivity-service-end-point-spec/"
+                  f"{{{TAPI_PHOTONIC_NS}}}mc-config/{{{TAPI_PHOTONIC_NS}}}spectrum")
+    lo, hi = (text(spec, "lower-frequency", TAPI_PHOTONIC_NS), text(spec, "upper-frequency", TAPI_PHOTONIC_NS))
+    band = (int(lo), int(hi)) if lo and hi and lo.isdigit() and hi.isdigit() else None
+    return {"local_id": text(e, "local-id", TAPI_CONNECTIVITY_NS),
+            "sip": text(e, "service-interface-point/service-interface-point-uuid", TAPI_CONNECTIVITY_NS),
+            "band": band}
 
 
 def serves_tapi(capabilities: Any) -> bool:
     return any(TAPI_COMMON_NS in str(c) for c in capabilities)
 
 
-async def discover(session: NodeSession) -> NodeView:
-    """Everything the orchestrator needs of one node, in one or two `<get>`s."""
-    data = await session.get(QKD_FILTER)
+def _within(path: str, ids: list[str]) -> str:
+    """A predicate: no instance of `path` has a value outside `ids` (count, not `or`: libyang 2.1
+    evaluates `or`/`and` predicates on an empty node set to a boolean and then fails)."""
+    return f"[count({path}{''.join(f'[.!={i!r}]' for i in ids)})=0]"
+
+
+def border_select(known: set[str]) -> str:
+    """An XPath selection of a border node's `qkd_node` that names no node outside `known`.
+
+    A border node belongs to several domains and holds the other domains' links and key route
+    segments too; an orchestrator reads only the entries whose nodes (ends and hops) it knows, so
+    that another domain's interior never reaches it, not even on the wire.
+    """
+    ids = sorted(k for k in known if "'" not in k)
+    base = "/q:qkd_node"
+    link_ok = ("[q:qkdl_local/q:qkdn_id][q:qkdl_remote/q:qkdn_id]"
+               + "".join(_within(p, ids) for p in ("q:qkdl_local/q:qkdn_id", "q:qkdl_remote/q:qkdn_id",
+                                                    "q:virt_prev_hop", "q:virt_next_hop")))
+    app_ok = "[q:local_qkdn_id]" + _within("q:local_qkdn_id", ids) + _within("q:remote_qkdn_id", ids)
+    parts = [f"{base}/q:{leaf}" for leaf in ("qkdn_id", "qkdn_status", "qkdn_location_id", "qkd_interfaces")]
+    parts.append(f"{base}/q:qkd_links/q:qkd_link{link_ok}")
+    parts.append(f"{base}/q:qkd_applications/q:qkd_app{app_ok}")
+    return " | ".join(parts)
+
+
+async def discover(session: NodeSession, known: set[str] | None = None) -> NodeView:
+    """Everything the orchestrator needs of one node, in one or two `<get>`s. With `known` (a border
+    node): only what names nodes in `known` (and the node itself), see `border_select`."""
+    if known is None:
+        data = await session.get(QKD_FILTER)
+    else:
+        own = await session.get_xpath("/q:qkd_node/q:qkdn_id", {"q": QKD_NS})
+        qkdn_id = text(own.find(_q("qkd_node")), "qkdn_id")
+        data = await session.get_xpath(border_select(set(known) | {qkdn_id or ""}), {"q": QKD_NS})
     view = parse_node(session.name, data)
     caps = await session.call(lambda m: list(m.server_capabilities))
     if serves_tapi(caps):

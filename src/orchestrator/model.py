@@ -236,12 +236,14 @@ class NetworkModel:
                 for nep in n.neps.values():
                     if not g.has_node(nep.uuid):
                         g.add_node(nep.uuid, kind="nep", node=n.uuid, names=nep.names,
-                                   sips=[topo.sips.get(s_, {}) for s_ in nep.sips])
+                                   sips=[topo.sips.get(s_, {}) for s_ in nep.sips], sip_ids=list(nep.sips))
                     elif nep.sips:
                         g.nodes[nep.uuid]["sips"] = [topo.sips.get(s_, {}) for s_ in nep.sips]
+                        g.nodes[nep.uuid]["sip_ids"] = list(nep.sips)  # the switch port's SIP (direct links)
                 if insertion is None:
                     continue  # a stub
-                g.nodes[n.uuid].update(switch=True, owner=v.qkdn_id, insertion_loss_db=insertion)
+                # the switch's own topology names it (a neighbour's stub for it carries only the node name)
+                g.nodes[n.uuid].update(switch=True, owner=v.qkdn_id, insertion_loss_db=insertion, names=n.names)
                 for nep in n.neps.values():
                     g.add_edge(n.uuid, nep.uuid, loss_db=insertion / 2, kind="port")
             for ln in topo.links.values():
@@ -357,6 +359,10 @@ class Route:
     status: str = "up"  # up | down (no path now) | degraded
     peer_domain: str | None = None  # cross-domain: the other domain's name
     origin: bool = True  # this domain asked for the route (cross-domain: the src side)
+    # cross-domain: the border node where another domain's segment continues this one (src for the
+    # peer's segment, dst for the origin's); it gets no qkd_app, and its far side is not ours to know
+    stitch: str | None = None
+    peer_dst: str | None = None  # cross-domain, origin side: the destination as asked (a peer's node name)
 
     @property
     def qkdl_ids(self) -> list[str]:
@@ -368,6 +374,7 @@ class Route:
             "id": self.route_id, "src": n(self.src), "dst": n(self.dst), "src_id": self.src, "dst_id": self.dst,
             "saes": list(self.saes), "rate_bps": self.min_rate, "max_rate_bps": self.max_rate,
             "status": self.status, "peer_domain": self.peer_domain, "origin": self.origin,
+            "border": n(self.stitch) if self.stitch else None, "peer_dst": self.peer_dst,
             "paths": [{"qkdl_id": s.qkdl_id, "rate_bps": s.rate, "nodes": [n(x) for x in s.path],
                        "upstream": n(s.upstream) if s.upstream else None,
                        "downstream": n(s.downstream) if s.downstream else None} for s in self.segments],
@@ -412,7 +419,7 @@ def route_entries(route: Route, managed: set[str]) -> dict[str, dict[EntryKey, s
         for i, node in enumerate(seg.path):
             out.setdefault(node, {})[("qkd_link", seg.qkdl_id)] = link_entry(route, seg, i)
     for end in (route.src, route.dst):
-        if end in managed and any(end in s.path for s in route.segments):
+        if end in managed and end != route.stitch and any(end in s.path for s in route.segments):
             out.setdefault(end, {})[("qkd_app", route.route_id)] = app_entry(route, end)
     return out
 
@@ -503,10 +510,13 @@ def routes_from_views(views: dict[str, NodeView], border: set[str] = frozenset()
             dst = segs[0].remote_end
             saes = tuple(sae_from_uri(u) for u in ((app.server_app_id,) if app.server_app_id else ()) + app.client_app_ids)
             vl = per_link[segs[0].qkdl_id][segs[0].path[0]]
+            # a cross-domain segment has its qkd_app at one end only: the other is the border node
+            stitch = next((e for e in (src, dst) if e in border and e in views and app.app_id not in views[e].apps),
+                          None)
             routes.append(Route(
                 app.app_id, src, dst, saes, int(app.min_bandwidth or sum(s.rate for s in segs)),
                 int(app.max_bandwidth or app.min_bandwidth or 0), segs, vl.applications,
-                origin=src in managed,
+                origin=src in managed and stitch != src, stitch=stitch,
             ))
             used.update(s.qkdl_id for s in segs)
     for qkdl_id, seg in segments.items():  # VIRT links without an application (installed by hand)

@@ -2,18 +2,21 @@
 
 Domains share only an abstract view (`abstract_view`): their border nodes (nodes that belong to
 both domains) and, towards a named node, the widest spare key rate from each border node. No
-topology, no link, no node configuration crosses the boundary.
+topology, no link, no node configuration and no node ID of a domain's interior crosses the boundary.
 
-A cross-domain route from `src` (this domain) to `dst` (a peer's node) is one VIRT link (one
-end-to-end key association, one `qkdl_id`) whose nodes are split between the domains:
+A cross-domain route from `src` (this domain) to `dst` (a node of a peer, by name) is two segments,
+each a VIRT link (its own `qkdl_id`) that one domain writes on its own nodes, stitched at a border
+node `b` that belongs to both:
 
-    src ... x | b ... dst          b: a border node, in both domains
-    ^^^^^^^^^   ^^^^^^^^^
-    this domain  the peer (including the border node's entry: it knows b's next hop)
+    src ... b   (this domain: qkdl_local = src, qkdl_remote = b)
+            b ... dst   (the peer: qkdl_local = b, qkdl_remote = dst)
 
-The origin picks the border node and its own path to it, asks the peer to install `b ... dst`
-with `b`'s upstream hop `x` (POST /segments), then installs `src ... x` itself; if that fails, it
-asks the peer to remove its part again (DELETE /segments/{id}).
+Both segments list the same SAE pair in `qkdl_applications`; the border node's forwarder continues
+one with the other (see qkdnode/forwarder/relay.py), so the keys travel end to end while neither
+domain names a node of the other's interior. The origin picks the border node and its own path to
+it, asks the peer to install `b ... dst` (POST /segments), then installs `src ... b` itself; if that
+fails, it asks the peer to remove its part again (DELETE /segments/{id}). Each domain heals its own
+segment alone: the border node, where they meet, does not move.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import json
 import logging
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -92,11 +96,11 @@ def abstract_view(orch: "Orchestrator", node_ref: str | None) -> dict[str, Any]:
     """Border nodes and, towards `node_ref` (if it is ours), the widest spare key rate from each."""
     border = {orch.ids[n]: {"name": n, "domains": list(orch.inventory.nodes[n].domains)}
               for n in orch.inventory.border_nodes() if n in orch.ids}
-    out: dict[str, Any] = {"domain": orch.domain, "border": border, "node": None, "spare_bps": {}}
+    out: dict[str, Any] = {"domain": orch.domain, "border": border, "reachable": False, "spare_bps": {}}
     target = orch.model.resolve(node_ref) if node_ref else None
     if target is None:
         return out
-    out["node"] = target
+    out["reachable"] = True
     g = orch.model.key_graph()
     spare = {frozenset((a, b)): int(d["spare"]) for a, b, d in g.edges(data=True)}
     for b in border:
@@ -114,39 +118,38 @@ async def provision_cross_domain(orch: "Orchestrator", src: str, dst_ref: str, r
     from .controller import RequestError, qkdl_id_for
 
     graph = orch.model.key_graph()
-    best: tuple[int, str, list[str], dict[str, Any]] | None = None
+    best: tuple[int, str, list[str]] | None = None
     unreachable: list[str] = []
     for domain in orch.peers.urls:
         try:
-            view = await orch.peers.request(domain, "GET", f"/abstract?node={dst_ref}")
+            view = await orch.peers.request(domain, "GET", f"/abstract?node={quote(dst_ref)}")
         except PeerError as exc:
             log.warning("%s", exc)
             unreachable.append(str(exc))
             continue
-        if not view.get("node"):
+        if not view.get("reachable"):
             continue
         for b, spare in view.get("spare_bps", {}).items():
-            if b not in orch.model.nodes or spare < rate:
+            if b not in orch.model.nodes or b == src or spare < rate:
                 continue
-            path = [src] if b == src else shortest_feasible_path(graph, src, b, rate)
+            path = shortest_feasible_path(graph, src, b, rate)
             if path is not None and (best is None or len(path) < best[0]):
-                best = (len(path), domain, path, view)
+                best = (len(path), domain, path)
     if best is None:
         raise RequestError(f"no node {dst_ref!r} in domain {orch.domain} or in a peer domain reachable "
                            f"with {rate} bit/s spare" + (f" (peers not answering: {'; '.join(unreachable)})"
                                                          if unreachable else ""),
                            409 if orch.peers.urls else 404)
-    _, domain, path, view = best
-    dst = str(view["node"])
+    _, domain, path = best
     border = path[-1]
-    qkdl_id = qkdl_id_for(rid, 0)
     apps = tuple(sae_uuid(x) for x in saes)
-    body = {"route_id": rid, "qkdl_id": qkdl_id, "src": src, "dst": dst, "entry": border,
-            "upstream": path[-2] if len(path) > 1 else None, "rate_bps": rate, "max_rate_bps": max_rate,
-            "saes": list(saes), "applications": list(apps), "origin_domain": orch.domain}
+    body = {"route_id": rid, "qkdl_id": qkdl_id_for(rid, 1), "entry": border, "dst": dst_ref,
+            "rate_bps": rate, "max_rate_bps": max_rate, "saes": list(saes), "applications": list(apps),
+            "origin_domain": orch.domain}
     await orch.peers.request(domain, "POST", "/segments", body)
-    seg = Segment(qkdl_id, path[:-1], rate, src, dst, None, border if len(path) > 1 else None)
-    route = Route(rid, src, dst, saes, rate, max_rate, [seg], apps, peer_domain=domain, origin=True)
+    seg = Segment(qkdl_id_for(rid, 0), path, rate, src, border)
+    route = Route(rid, src, border, saes, rate, max_rate, [seg], apps, peer_domain=domain, origin=True,
+                  stitch=border, peer_dst=dst_ref)
     try:
         await orch._apply(None, route)
     except Exception:
@@ -154,61 +157,42 @@ async def provision_cross_domain(orch: "Orchestrator", src: str, dst_ref: str, r
         raise
     orch.routes[rid] = route
     orch._recompute_reservations()
-    orch._event("route-provisioned", route=rid, paths=[path], peer_domain=domain)
+    orch._event("route-provisioned", route=rid, paths=[path], peer_domain=domain, border=border)
     return route
 
 
 async def install_segment(orch: "Orchestrator", body: dict[str, Any]) -> Route:
-    """A peer asks us for the part of its route from our border node `entry` to our node `dst`
-    (or updates it: a new `upstream` after the peer healed its part)."""
+    """A peer asks us for the part of its route from our border node `entry` to our node `dst`."""
     from .controller import RequestError
 
     try:
         rid, qkdl_id = str(body["route_id"]), str(body["qkdl_id"])
-        src, dst, entry = str(body["src"]), str(body["dst"]), str(body["entry"])
-        upstream = body.get("upstream")
+        entry_ref, dst_ref = str(body["entry"]), str(body["dst"])
         rate, max_rate = int(body["rate_bps"]), int(body.get("max_rate_bps") or body["rate_bps"])
         saes = tuple(str(x) for x in body.get("saes") or [])
         apps = tuple(str(x) for x in body.get("applications") or [])
     except (KeyError, TypeError, ValueError) as exc:
         raise RequestError(f"bad segment request: {exc}") from exc
-    if entry not in orch.model.nodes or dst not in orch.model.nodes:
-        raise RequestError(f"{entry} or {dst} is not a node of domain {orch.domain}", 404)
+    entry, dst = orch.model.resolve(entry_ref), orch.model.resolve(dst_ref)
+    if entry is None or dst is None:
+        raise RequestError(f"{entry_ref} or {dst_ref} is not a node of domain {orch.domain}", 404)
+    if entry == dst or not apps:
+        raise RequestError("a segment needs a border node other than its destination, and applications")
     async with orch.lock:
         old = orch.routes.get(rid)
-        graph = orch.model.key_graph()
-        if old is not None and old.segments and old.segments[0].upstream == upstream:
-            return old
         if old is not None:
-            path = old.segments[0].path
-        else:
-            found = [entry] if entry == dst else shortest_feasible_path(graph, entry, dst, rate)
-            if found is None:
-                raise RequestError(f"no path with {rate} bit/s spare from {orch.model.name_of(entry)} "
-                                   f"to {orch.model.name_of(dst)} in domain {orch.domain}", 409)
-            path = found
-        seg = Segment(qkdl_id, list(path), rate, src, dst, upstream, None)
-        route = Route(rid, src, dst, saes, rate, max_rate, [seg], apps,
-                      peer_domain=str(body.get("origin_domain") or "") or None, origin=False)
-        await orch._apply(old, route)
+            if (old.src, old.dst, old.min_rate) == (entry, dst, rate):
+                return old
+            raise RequestError(f"route {rid} exists with other parameters", 409)
+        path = shortest_feasible_path(orch.model.key_graph(), entry, dst, rate)
+        if path is None:
+            raise RequestError(f"no path with {rate} bit/s spare from {orch.model.name_of(entry)} "
+                               f"to {orch.model.name_of(dst)} in domain {orch.domain}", 409)
+        seg = Segment(qkdl_id, list(path), rate, entry, dst)
+        route = Route(rid, entry, dst, saes, rate, max_rate, [seg], apps,
+                      peer_domain=str(body.get("origin_domain") or "") or None, origin=False, stitch=entry)
+        await orch._apply(None, route)
         orch.routes[rid] = route
         orch._recompute_reservations()
-        orch._event("segment-installed" if old is None else "segment-updated", route=rid, path=list(path))
+        orch._event("segment-installed", route=rid, path=list(path))
         return route
-
-
-async def notify_upstream_change(orch: "Orchestrator", route: Route) -> None:
-    """After healing our part of a route we originated: tell the peer the border node's new upstream."""
-    seg = route.segments[0]
-    if not route.origin or seg.downstream is None:
-        return
-    body = {"route_id": route.route_id, "qkdl_id": seg.qkdl_id, "src": route.src, "dst": route.dst,
-            "entry": seg.downstream, "upstream": seg.path[-1] if seg.path else None, "rate_bps": route.min_rate,
-            "max_rate_bps": route.max_rate, "saes": list(route.saes), "applications": list(route.applications),
-            "origin_domain": orch.domain}
-    for domain in ([route.peer_domain] if route.peer_domain else list(orch.peers.urls)):
-        try:
-            await orch.peers.request(domain, "POST", "/segments", body)
-            return
-        except PeerError as exc:
-            log.warning("route %s: %s", route.route_id, exc)

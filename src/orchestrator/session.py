@@ -217,6 +217,10 @@ class NodeSession:
         reply = await self.call(lambda m: m.get(filter=("subtree", subtree)))
         return reply.data_ele
 
+    async def get_xpath(self, select: str, namespaces: dict[str, str]) -> etree._Element:
+        reply = await self.call(lambda m: m.get(filter=("xpath", (namespaces, select))))
+        return reply.data_ele
+
     async def get_config(self, subtree: str, source: str = "running") -> etree._Element:
         reply = await self.call(lambda m: m.get_config(source=source, filter=("subtree", subtree)))
         return reply.data_ele

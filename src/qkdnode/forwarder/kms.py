@@ -2,7 +2,9 @@
 
 * `RelayResolver` is the server's `AssociationResolver`: direct neighbours first (the PHYS link
   associations of `NeighbourResolver`), then the VIRT links this node ends whose other end is the
-  remote SAE's node and whose `qkdl_applications` admit the SAE pair.
+  remote SAE's node and whose `qkdl_applications` admit the SAE pair, then a VIRT link ending here
+  whose `qkdl_applications` name both SAEs (a domain's segment of a cross-domain route; the border
+  node at its other end continues it, see `Forwarder.continuation`).
 * `RelayCommitter` stands in for the server's `GroupCommitter`: an enc_keys (MasterRequest) on a
   relay association first relays `number` fresh keys to the far end (durable there, then here),
   then delivers from the store as usual; so enc_keys answers only once the far end can serve
@@ -33,8 +35,7 @@ class RelayResolver:
         found = self.neighbours.association_for(local_sae, remote_sae)
         if found is not None or not self.directory.is_local(local_sae):
             return found
-        node = self.directory.node_of(remote_sae)
-        return None if node is None else self.forwarder.route_to(node, local_sae, remote_sae)
+        return self.forwarder.route_to(self.directory.node_of(remote_sae), local_sae, remote_sae)
 
 
 class RelayCommitter:

@@ -27,6 +27,13 @@ Each relayed bit consumes one link bit per hop, plus one 256-bit MAC key per mes
 local seqs of the origin's parity (0: `qkdl_local` end, 1: `qkdl_remote` end): both ends hold the
 same key IDs, and only the origin's SAEs may take them with enc_keys, the other end's by ID.
 Key bytes never leave this module except through the key store and the gRPC messages (encrypted).
+
+Across administrative domains a key route is made of one segment per domain, each its own VIRT
+link written by its own domain and ending at the border node (`qkdl_local`/`qkdl_remote` name only
+that domain's nodes). Both segments list the same SAE pair in `qkdl_applications`; a border node that
+is the target of one segment and an end of another with the same applications (`continuation`) does
+not store the keys but sends them on under the other segment, as origin of that segment. The far end
+stores them in its own segment's relay association: both ends hold the same key IDs.
 """
 
 from __future__ import annotations
@@ -105,6 +112,10 @@ class Pending:
     out_link_keys: int = 0  # reserved, not yet taken
     room: int = 0  # reserved room in the relay association (ends only)
     hops: int = 0  # hops from this node to the target
+    # a border node stitching two domains' segments sends the keys on under another route:
+    out_route: str | None = None
+    out_origin: str | None = None
+    out_target: str | None = None
     expires: float = field(default_factory=lambda: time.monotonic() + PREPARE_TTL_S)
 
 
@@ -236,12 +247,29 @@ class Forwarder:
         r = self.routes.get(assoc_id)
         return r if r is not None and r.is_end(self.node_id) else None
 
-    def route_to(self, node_id: str, local_sae: str, remote_sae: str) -> str | None:
-        """A route from this node to `node_id` that the SAE pair may use (lowest qkdl_id first)."""
+    def route_to(self, node_id: str | None, local_sae: str, remote_sae: str) -> str | None:
+        """A route from this node to `node_id` that the SAE pair may use (lowest qkdl_id first); else
+        a route ending here that names both SAEs in its applications: a domain's segment of a
+        cross-domain route, continued at its other end (a border node) by the next domain's."""
+        ends = [self.routes[rid] for rid in sorted(self.routes) if self.routes[rid].is_end(self.node_id)]
+        for r in ends:
+            if r.other_end(self.node_id) == node_id and r.allows(local_sae, remote_sae):
+                return r.route_id
+        for r in ends:
+            if r.applications and r.allows(local_sae, remote_sae):
+                return r.route_id
+        return None
+
+    def continuation(self, route: RelayRoute, arriving_from: str) -> RelayRoute | None:
+        """At a border node that ends `route`: the next domain's segment of the same end-to-end key
+        route, i.e. another route ending here with the same (explicit) applications, leading elsewhere."""
+        if not route.applications:
+            return None
         for rid in sorted(self.routes):
             r = self.routes[rid]
-            if r.is_end(self.node_id) and r.other_end(self.node_id) == node_id and r.allows(local_sae, remote_sae):
-                return rid
+            if rid != route.route_id and r.is_end(self.node_id) and r.applications == route.applications \
+                    and r.other_end(self.node_id) != arriving_from:
+                return r
         return None
 
     # -- reservations ---------------------------------------------------------------------------------
@@ -307,7 +335,10 @@ class Forwarder:
             await self._await_link_seq(in_link, req.link_seq, caller.name)
         p = Pending(req.relay_id, req.route_id, req.origin, req.target, req.hop, req.keys, req.key_size_bits,
                     0 if req.origin == route.local_end else 1, caller, in_link, req.link_keys if caller else 0)
+        onward = self.continuation(route, req.origin) if self.node_id == req.target and caller else None
         try:
+            if onward is not None:  # a border node: the keys go on under the next domain's segment
+                return await self._prepare_onward(p, onward)
             if route.is_end(self.node_id):
                 await self._ensure_assoc(route)
                 st = self.store.stats(route.route_id)
@@ -324,26 +355,36 @@ class Forwarder:
                     raise BadRelayMessage(f"{where}: route {req.route_id} continues beyond its end")
                 self.pending[p.relay_id] = p
                 return p
-            down = self._by_id.get(downstream_id or "")
-            if down is None:
-                raise NoRoute(f"{where}: next hop {downstream_id} of route {req.route_id} is not a neighbour")
-            out_link, m, st = self._pick_link(down, req.keys, kb)
-            free = st.available_for_masters - self.linkkeys.reserved[out_link]
-            self.linkkeys.reserve(out_link, m)
-            p.downstream, p.out_link, p.out_link_keys = down, out_link, m
-            self.pending[p.relay_id] = p
-            nxt = pb.PrepareRequest(
-                relay_id=req.relay_id, route_id=req.route_id, origin=req.origin, target=req.target,
-                hop=req.hop + 1, link_id=out_link, keys=req.keys, key_size_bits=req.key_size_bits,
-                link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
-            )
-            reply = await self.channels.call(down, "prepare", nxt, CALL_TIMEOUT_S)
-            p.hops = reply.hops + 1
-            return p
+            return await self._prepare_downstream(p, downstream_id)
         except BaseException:
             self.pending.pop(p.relay_id, None)
             self._release(p)
             raise
+
+    async def _prepare_onward(self, p: Pending, onward: RelayRoute) -> Pending:
+        p.out_route, p.out_origin = onward.route_id, self.node_id
+        p.out_target = onward.other_end(self.node_id)
+        return await self._prepare_downstream(p, onward.hops_towards(p.out_target)[1])
+
+    async def _prepare_downstream(self, p: Pending, downstream_id: str | None) -> Pending:
+        """Reserve this hop's link keys and prepare the rest of the path (nested)."""
+        route_id = p.out_route or p.route_id
+        down = self._by_id.get(downstream_id or "")
+        if down is None:
+            raise NoRoute(f"{self.where}: next hop {downstream_id} of route {route_id} is not a neighbour")
+        out_link, m, st = self._pick_link(down, p.n, p.key_size_bits // 8)
+        free = st.available_for_masters - self.linkkeys.reserved[out_link]
+        self.linkkeys.reserve(out_link, m)
+        p.downstream, p.out_link, p.out_link_keys = down, out_link, m
+        self.pending[p.relay_id] = p
+        nxt = pb.PrepareRequest(
+            relay_id=p.relay_id, route_id=route_id, origin=p.out_origin or p.origin,
+            target=p.out_target or p.target, hop=p.hop + 1, link_id=out_link, keys=p.n,
+            key_size_bits=p.key_size_bits, link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
+        )
+        reply = await self.channels.call(down, "prepare", nxt, CALL_TIMEOUT_S)
+        p.hops = reply.hops + 1
+        return p
 
     async def _await_link_seq(self, link_id: str, seq: int, peer: str) -> None:
         """Wait until this end of the link has ingested the key stream up to `seq` (bounded)."""
@@ -389,15 +430,18 @@ class Forwarder:
             p.out_link_keys = 0  # taken: the reservation went with them
             plain = xor(msg.ciphertext, split_material(material, n * kb)[1])
             keys = [plain[i * kb:(i + 1) * kb] for i in range(n)]
-            if self.node_id == p.target:
+            if self.node_id == p.target and p.out_route is None:
                 await self._store(p, list(msg.key_ids), keys)
                 self.counters["relays_stored"] += 1
+                self.counters["keys_terminated"] += n
                 return pb.CommitReply(stored=n)
             reply = await self._forward(p, list(msg.key_ids), keys, taken)
             self.counters["relays_forwarded"] += 1
+            self.counters["keys_forwarded"] += n
             return reply
-        except RelayError:
+        except RelayError as err:
             self.counters["relays_failed"] += 1
+            self.counters["failed:" + err.kind] += 1
             if p.downstream is not None:
                 self._spawn(self._abort_downstream(p, "upstream hop failed"))
             raise
@@ -417,7 +461,7 @@ class Forwarder:
         assert p.downstream is not None
         try:
             await self.channels.call(p.downstream, "abort", pb.AbortRequest(
-                relay_id=p.relay_id, route_id=p.route_id, reason=reason[:200]), CALL_TIMEOUT_S)
+                relay_id=p.relay_id, route_id=p.out_route or p.route_id, reason=reason[:200]), CALL_TIMEOUT_S)
         except RelayError as err:  # reservations downstream expire on their own
             log.info("abort of relay %s towards %s: %s", p.relay_id, p.downstream.name, err.message)
 
@@ -430,8 +474,8 @@ class Forwarder:
             taken = await self.linkkeys.take_out(p.out_link, m, p.downstream.name)
         payload = b"".join(keys)
         mac_key, pad = split_material(b"".join(k for _, k in taken), len(payload))
-        msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.route_id, origin=p.origin, target=p.target,
-                          hop=p.hop + 1, link_id=p.out_link,
+        msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.out_route or p.route_id, origin=p.out_origin or p.origin,
+                          target=p.out_target or p.target, hop=p.hop + 1, link_id=p.out_link,
                           key_size_bits=p.key_size_bits, link_key_ids=[kid for kid, _ in taken],
                           key_ids=ids, ciphertext=xor(payload, pad))
         msg.tag = wc_tag(mac_key, authenticated_bytes(
@@ -484,6 +528,7 @@ class Forwarder:
         if bucket is not None:
             ok, wait = bucket.take(bits, BANDWIDTH_WAIT_S)
             if not ok:
+                self.counters["failed:" + RateLimited.kind] += 1
                 raise RateLimited(
                     f"{self.where}: {bits} bits exceed the burst of route {route_id} (virt_bandwidth "
                     f"{route.bandwidth_bps} bit/s); ask for fewer keys" if wait == float("inf") else
@@ -493,8 +538,9 @@ class Forwarder:
                 await asyncio.sleep(wait)
         try:
             return await self._relay(route, target, n)
-        except RelayError:
+        except RelayError as err:
             self.counters["relays_failed"] += 1
+            self.counters["failed:" + err.kind] += 1
             if route_id in self._buckets:
                 self._buckets[route_id][1].give_back(bits)
             raise
