@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-DEB_PACKAGES := libyang2-dev libyang2-tools
+DEB_PACKAGES := libyang2-dev libyang2-tools chromium
 STATE ?= state
 DURATION ?= 30
 

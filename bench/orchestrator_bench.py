@@ -5,6 +5,10 @@
   node processes; median of 7 routes after a first one (the nodes' first edits) not counted.
 * `orch.reroute`: a hop of an installed 6-hop route goes down; the orchestrator recomputes the
   route around it and reinstalls it (same qkdl_id) on every node concerned; median.
+* `orch.build_direct_link`: `build_direct_link` (what POST /direct-links does) of tx-a -> rx-c on
+  examples/switched.yaml (read the 3 nodes again, plan, one transaction writing a connectivity
+  service on both switches and a PHYS link at both ends); median of 7 builds after a first one,
+  each followed by a delete (not counted).
 * `orch.pathcomp_1k`: key route computation on a generated 1 000-node / 5 000-link key graph
   (random pairs, random rates: a single feasible path or a split); median.
 
@@ -105,6 +109,33 @@ async def network_figures(state: Path, routes: int = 7, reroutes: int = 7) -> tu
         await net.stop()
 
 
+async def direct_link_figure(state: Path, builds: int = 7) -> float:
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "examples" / "switched.yaml").read_text())
+    raw.pop("direct_links", None)  # built here, timed
+    net = Network(parse_topology(yaml.safe_dump(raw), "switched.yaml"), state)
+    net.orchestrate = False
+    net.prepare()
+    await net.start(timeout=90)
+    orch = Orchestrator(from_network_json(net.network_data(), "lab"), poll_interval=0, notifications=False)
+    try:
+        await orch.start()
+        link, _ = await orch.build_direct_link("tx-a", "rx-c")  # first edits: not counted
+        await orch.delete_direct_link(link.qkdl_id)
+        times = []
+        for _ in range(builds):
+            t0 = time.perf_counter()
+            link, created = await orch.build_direct_link("tx-a", "rx-c")
+            times.append((time.perf_counter() - t0) * 1000)
+            assert created
+            await orch.delete_direct_link(link.qkdl_id)
+        return statistics.median(times)
+    finally:
+        await orch.stop()
+        await net.stop()
+
+
 def main() -> int:
     logging.basicConfig(level=logging.WARNING)
     for noisy in ("ncclient", "paramiko"):
@@ -113,6 +144,9 @@ def main() -> int:
         prov, rer = asyncio.run(network_figures(Path(tmp)))
     print(f"orch.provision_6hop = {prov:.1f} ms (target <= 1000)")
     print(f"orch.reroute = {rer:.1f} ms (target <= 500)")
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
+        direct = asyncio.run(direct_link_figure(Path(tmp)))
+    print(f"orch.build_direct_link = {direct:.1f} ms (target <= 1000)")
     print(f"orch.pathcomp_1k = {pathcomp_1k():.2f} ms (target <= 100)")
     return 0
 

@@ -134,3 +134,57 @@ def test_inventory_from_network_json_filters_by_domain(tmp_path) -> None:  # typ
     (tmp_path / "inv.yaml").write_text("domain: lab\nnodes:\n  - name: n1\n    netconf: {host: h, port: 830}\n")
     with pytest.raises(InventoryError, match="missing username, password"):
         load_inventory(tmp_path / "inv.yaml")
+
+
+def _switched_views() -> dict[str, NodeView]:
+    """a (switch ofs-a: 1 = tx-a, 2 = fibre a-b) - b (switch ofs-b: 1 = rx-b, 2 = a-b, 3 = b-c) - c (rx-c on b-c),
+    as the switches' TAPI topologies show them (a neighbour's switch appears as a stub named after its node)."""
+    from orchestrator.model import TapiLink, TapiNep, TapiNode, TapiTopology
+
+    ins = {"insertion-loss-db": "1.00"}
+
+    def node(uid: str, name: str, neps: dict[str, tuple[str, ...]], cost: dict[str, str]) -> TapiNode:
+        return TapiNode(uid, {"name": name}, {n: TapiNep(n, n, sips, {"name": n}) for n, sips in neps.items()}, cost)
+
+    def link(uid: str, a: tuple[str, str], b: tuple[str, str], loss: str) -> TapiLink:
+        return TapiLink(uid, (a, b), {"fibre-loss-db": loss}, {"name": uid})
+
+    ab, bc = link("a-b", ("NA", "na-ab"), ("NB", "nb-ab"), "2.0"), link("b-c", ("NB", "nb-bc"), ("NC", "nc-bc"), "3.0")
+    topo_a = TapiTopology("ta", {"NA": node("NA", "ofs-a", {"ofs-a/port-1": ("sa1",), "na-ab": ("sa2",)}, ins),
+                                 "NB": node("NB", "b", {"nb-ab": ()}, {})},
+                          {"a-b": ab}, {"sa1": {"name": "ofs-a/port-1/tx-a"}, "sa2": {"name": "ofs-a/port-2/fibre-a-b"}})
+    topo_b = TapiTopology("tb", {"NB": node("NB", "ofs-b", {"ofs-b/port-1": ("sb1",), "nb-ab": ("sb2",), "nb-bc": ("sb3",)}, ins),
+                                 "NA": node("NA", "a", {"na-ab": ()}, {}), "NC": node("NC", "c", {"nc-bc": ()}, {})},
+                          {"a-b": ab, "b-c": bc}, {"sb1": {"name": "ofs-b/port-1/rx-b"},
+                                                   "sb2": {"name": "ofs-b/port-2/fibre-a-b"},
+                                                   "sb3": {"name": "ofs-b/port-3/fibre-b-c"}})
+
+    def iface(device: str, role: str) -> dict[int, Interface]:
+        return {1: Interface(1, "CV-QKD", role, "34", 12.0, device=device)}
+
+    return {"A": NodeView("a", "A", interfaces=iface("tx-a", "TRANSMITTER"), tapi=topo_a),
+            "B": NodeView("b", "B", interfaces=iface("rx-b", "RECEIVER"), tapi=topo_b),
+            "C": NodeView("c", "C", interfaces=iface("rx-c", "RECEIVER"))}
+
+
+def test_cross_connects_derived_from_the_light_path() -> None:
+    """Every switch on the path: the NEP before it is the in port, the one after it the out port."""
+    from orchestrator.directlink import channel_band, cross_connects
+    from orchestrator.model import NetworkModel
+
+    model = NetworkModel()
+    for v in _switched_views().values():
+        model.put(v)
+    g = model.physical_graph()
+    links = {(d.emitter.interface.device, d.receiver.interface.device): d for d in direct_links(g, model.endpoints())}
+    assert {k: v.loss_db for k, v in links.items()} == {("tx-a", "rx-b"): 4.0, ("tx-a", "rx-c"): 7.0}
+    got = [(x.owner, x.switch, x.in_port, x.out_port, x.in_sip, x.out_sip, x.hop)
+           for x in cross_connects(g, links[("tx-a", "rx-c")].hops)]
+    assert got == [("A", "ofs-a", 1, 2, "sa1", "sa2", 0), ("B", "ofs-b", 2, 3, "sb2", "sb3", 1)]
+    got = [(x.switch, x.in_port, x.out_port) for x in cross_connects(g, links[("tx-a", "rx-b")].hops)]
+    assert got == [("ofs-a", 1, 2), ("ofs-b", 2, 1)]
+    # the reverse path swaps in and out; a path that ends inside a switch has no cross-connect there
+    assert [(x.in_port, x.out_port) for x in cross_connects(g, links[("tx-a", "rx-b")].hops[::-1])] == [(1, 2), (2, 1)]
+    with pytest.raises(ValueError, match="inside switch"):
+        cross_connects(g, links[("tx-a", "rx-c")].hops[:2])
+    assert channel_band(34) == (193_350_000, 193_450_000) and channel_band(None) is None

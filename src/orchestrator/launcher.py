@@ -76,6 +76,7 @@ class NodeProcess:
     etsi004_port: int = 0
     restconf_port: int = 0
     forwarder_port: int = 0
+    metrics_port: int = 0
     cert: Path | None = None
     key: Path | None = None
     proc: asyncio.subprocess.Process | None = None
@@ -151,7 +152,16 @@ class _Orchestrators:
                 raise RuntimeError(f"the orchestrator of domain {domain} did not start "
                                    f"(see {self.state_dir / 'logs' / f'orchestrator-{domain}.log'})")
         self.orch_urls = urls
+        await self.provision_declared_direct_links(timeout)  # first: routes may need them
         await self.provision_declared_routes(timeout)
+
+    async def provision_declared_direct_links(self: Any, timeout: float = 60.0) -> None:
+        """Ask the orchestrator of the emitter's domain to build each declared direct link."""
+        from .directlink import post_direct_link
+
+        for dl in self.topology.direct_links:
+            domain = self.topology.nodes[self.topology.modules[dl.emitter].node].domain
+            await asyncio.to_thread(post_direct_link, self.orch_urls[domain], dl.emitter, dl.receiver, timeout)
 
     async def provision_declared_routes(self: Any, timeout: float = 60.0) -> None:
         for route in self.topology.routes.values():
@@ -231,7 +241,7 @@ class Network(_Orchestrators):
                 name=spec.name, node_id=node_id, domain=spec.domain, config_path=cfg_path,
                 state_dir=self.state_dir / "nodes" / spec.name, netconf_port=free_port(self.host),
                 etsi014_port=free_port(self.host), etsi004_port=free_port(self.host),
-                restconf_port=free_port(self.host),
+                restconf_port=free_port(self.host), metrics_port=free_port(self.host),
             )
         self.ca = CertificateAuthority(self.state_dir / "pki")
         for np in self.nodes.values():
@@ -330,6 +340,7 @@ class Network(_Orchestrators):
         cfg["etsi014"] = {"host": self.host, "port": np.etsi014_port}
         cfg["etsi004"] = {"host": self.host, "port": np.etsi004_port}
         cfg["restconf"] = {"host": self.host, "port": np.restconf_port}
+        cfg["metrics"] = {"host": self.host, "port": np.metrics_port}  # Prometheus GET /metrics (plain HTTP)
         # every other node's KMS (node cert CN = name): the ETSI 004 KMS-to-KMS calls go there
         cfg["peers"] = {o.name: {"node_id": o.node_id, "etsi004": {"host": self.host, "port": o.etsi004_port}}
                         for o in self.nodes.values() if o.name != name}
@@ -413,6 +424,7 @@ class Network(_Orchestrators):
                     "etsi014": {"url": f"https://{self.host}:{np.etsi014_port}"},
                     "etsi004": {"url": f"{self.host}:{np.etsi004_port}"},
                     "restconf": {"url": f"https://{self.host}:{np.restconf_port}/restconf"},
+                    "metrics_url": f"http://{self.host}:{np.metrics_port}/metrics",
                 }
                 for np in self.nodes.values()
             },
@@ -457,8 +469,13 @@ class Network(_Orchestrators):
             self.qrng_cert = self.ca.issue_server("qrng", self.state_dir / "pki")
 
     def _relay_peers(self, name: str) -> list[str]:
-        """Nodes the forwarder of `name` talks to: fibre neighbours and QKD module-pair peers."""
+        """Nodes the forwarder of `name` talks to: fibre neighbours, QKD module-pair peers and the
+        nodes its modules' light may reach through the switches (direct links)."""
         out = [n["name"] for n in self._neighbours(name)]
+        out += [n for n in self.topology.light_reach(name) if n not in out]
+        for other in self.topology.nodes:  # the reverse direction: nodes whose light reaches us
+            if other != name and other not in out and name in self.topology.light_reach(other):
+                out.append(other)
         for m in self.topology.modules.values():
             peer = self.topology.modules.get(m.pairs_with or "")
             if m.node == name and peer is not None and peer.node not in out:
@@ -536,6 +553,12 @@ class Network(_Orchestrators):
             data["nodes"][np.name]["forwarder"] = {"host": self.host, "port": np.forwarder_port}
         if self.qrng_url is not None:
             data["qrng"] = {"url": self.qrng_url, "node": self.topology.qrng_node}
+        if self.topology.direct_links:
+            from .directlink import direct_link_id
+
+            data["direct_links"] = [{"emitter": d.emitter, "receiver": d.receiver,
+                                     "qkdl_id": direct_link_id(d.emitter, d.receiver)}
+                                    for d in self.topology.direct_links]
         if self.topology.routes:
             data["routes"] = {r.name: {"qkdl_id": self.route_id(r), "path": list(r.path), "saes": list(r.saes),
                                        "bandwidth_bps": r.bandwidth_bps} for r in self.topology.routes.values()}

@@ -91,6 +91,9 @@ def etsi014_probe(network: dict) -> list[str]:
 
 async def _up(args: argparse.Namespace, console: Console) -> int:
     topo = load_topology(args.topology or default_topology())
+    from .usecases_run import parse_use_cases, serve_use_cases  # README "Use cases"
+
+    use_cases = parse_use_cases(topo)  # a bad use_cases: entry fails before anything starts
     net = Network(topo, Path(args.state_dir))
     net.orchestrate = not args.no_orchestrator
     net.prepare()
@@ -111,11 +114,19 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
     console.print(await asyncio.to_thread(status_table, data))
     for domain, orch in sorted((data.get("orchestrators") or {}).items()):
         console.print(f"orchestrator of domain {domain}: {orch['url']}")
+    from .telemetry import DEFAULT_INTERVAL_S, run_sampler  # every node's /metrics -> DIR/telemetry.csv
+
+    sampling = asyncio.Event()
+    sampler = asyncio.create_task(run_sampler(net.network_json, net.state_dir / "telemetry.csv",
+                                              DEFAULT_INTERVAL_S, sampling))
     code = 0
     try:
+        t_up = time.monotonic()
+        if use_cases:  # run once and print the summary; 1 (naming them) if any was not served
+            code = await serve_use_cases(net.state_dir, topo, args.duration, stop, console)
         if args.duration is not None:
             try:
-                await asyncio.wait_for(stop.wait(), args.duration)
+                await asyncio.wait_for(stop.wait(), max(0.0, args.duration - (time.monotonic() - t_up)))
             except asyncio.TimeoutError:
                 pass
         else:
@@ -126,9 +137,11 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
             code = 1
         else:
             console.print(await asyncio.to_thread(status_table, data))
-            for line in await asyncio.to_thread(etsi014_probe, data):
+            for line in [] if use_cases else await asyncio.to_thread(etsi014_probe, data):
                 console.print(line)
     finally:
+        sampling.set()
+        await asyncio.gather(sampler, return_exceptions=True)
         await net.stop()
     return code
 
@@ -169,6 +182,33 @@ def _cmd_fibre(args: argparse.Namespace) -> int:
         print(f"qkdnet: {json.loads(exc.read()).get('message', exc)}", file=sys.stderr)
         return 2
     print(f"fibre {body['fibre']}: {'cut' if body['cut'] else 'restored'}")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    """PNG plots of SKR and QBER/SNR over time per link, from DIR/telemetry.csv (orchestrator.plot)."""
+    from .plot import PlotError, plot_telemetry
+
+    state = Path(args.state_dir)
+    try:
+        files = plot_telemetry(state / "telemetry.csv", Path(args.out) if args.out else state / "plots")
+    except PlotError as exc:
+        print(f"qkdnet: {exc}", file=sys.stderr)
+        return 2
+    for f in files:
+        print(f)
+    return 0
+
+
+def _cmd_compare_table1(args: argparse.Namespace) -> int:
+    """MadQCI Table 1's measured key rates next to the twin's simulated ones (orchestrator.table1)."""
+    from .table1 import Table1Error, compare_file
+
+    try:
+        print(compare_file(args.topology or default_topology()))
+    except (TopologyError, Table1Error) as exc:
+        print(f"qkdnet: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -256,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     yt.add_argument("--state-dir", default="state")
     yt.add_argument("--module", action="append", help="module to print (repeatable; default etsi-qkd-sdn-node)")
     yt.set_defaults(func=_cmd_yang_tree)
+    pl = sub.add_parser("plot", help="PNG plots of SKR and QBER (SNR for CV) over time per link")
+    pl.add_argument("--state-dir", default="state", help="state dir of a network run by `qkdnet up`")
+    pl.add_argument("--out", help="output directory (default: STATE_DIR/plots)")
+    pl.set_defaults(func=_cmd_plot)
+    t1 = sub.add_parser("compare-table1", help="MadQCI Table 1: measured vs. simulated key rate per link (offline)")
+    t1.add_argument("--topology", help="the MadQCI twin (default: topologies/madqci.yaml)")
+    t1.set_defaults(func=_cmd_compare_table1)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

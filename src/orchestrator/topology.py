@@ -1,7 +1,8 @@
 """Topology files (YAML) for `qkdnet up`: schema, validation with file/line/field errors.
 
-A topology names the network's nodes, fibres, QKD modules and, in later work, SAEs, switches,
-static routes and services. It is read by the launcher only: the orchestrator learns the
+A topology names the network's nodes, fibres, QKD modules, SAEs, switches, direct links
+(module pairs joined by light through the switches, built by the orchestrator), static routes
+and services. It is read by the launcher only: the orchestrator learns the
 network from the nodes over NETCONF.
 """
 
@@ -79,6 +80,14 @@ class RouteSpec:
     saes: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class DirectLinkSpec:
+    """A direct QKD link that `qkdnet up` asks the orchestrator to build through the switches."""
+
+    emitter: str  # transmitter module
+    receiver: str  # receiver module
+
+
 @dataclass
 class Topology:
     name: str
@@ -91,9 +100,36 @@ class Topology:
     extra: dict[str, Any] = field(default_factory=dict)  # routes, services (later work)
     routes: dict[str, RouteSpec] = field(default_factory=dict)
     qrng_node: str | None = None  # services.qrng.node: where the QRNG entropy service runs
+    direct_links: list[DirectLinkSpec] = field(default_factory=list)
 
     def switch_of(self, node: str) -> SwitchSpec | None:
         return next((sw for sw in self.switches.values() if sw.node == node), None)
+
+    def light_reach(self, node: str) -> list[str]:
+        """Other nodes whose modules the light of `node`'s modules may reach through the optical
+        plant (fibres, crossing nodes with a switch): the nodes it may get a direct link with."""
+        switched = {sw.node for sw in self.switches.values()}
+        out: list[str] = []
+        for m in self.modules.values():
+            if m.node != node or (m.node not in switched and m.fibre is None):
+                continue
+            start = [f for f in self.fibres.values() if node in f.ends] if node in switched else [self.fibres[m.fibre or ""]]
+            frontier = [(f, f.ends[1] if f.ends[0] == node else f.ends[0]) for f in start]
+            seen: set[str] = set()
+            while frontier:
+                f, at = frontier.pop()
+                if f.name in seen:
+                    continue
+                seen.add(f.name)
+                if at in switched:
+                    hit = any(x.node == at for x in self.modules.values())
+                    frontier += [(g, g.ends[1] if g.ends[0] == at else g.ends[0])
+                                 for g in self.fibres.values() if at in g.ends and g.name != f.name]
+                else:
+                    hit = any(x.node == at and x.fibre == f.name for x in self.modules.values())
+                if hit and at != node and at not in out:
+                    out.append(at)
+        return out
 
     def domains(self) -> list[str]:
         out: list[str] = []
@@ -179,7 +215,8 @@ def _closest(word: str, options: set[str]) -> str | None:
     return found[0] if found else None
 
 
-_TOP = {"name", "description", "nodes", "fibres", "modules", "saes", "switches", "routes", "services", "use_cases"}
+_TOP = {"name", "description", "nodes", "fibres", "modules", "saes", "switches", "direct_links", "routes", "services",
+        "use_cases"}
 
 
 def load_topology(path: Path | str) -> Topology:
@@ -313,7 +350,8 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
             if not any(set(f.ends) == {spec.node, peer.node} for f in fibres.values()):
                 raise r.fail(p + ("pairs_with",), f"no fibre joins {spec.node} and {peer.node}")
 
-    routes = _routes(r, top, node_ref, fibres, modules, saes)
+    direct = _direct_links(r, top, modules, fibres, switched)
+    routes = _routes(r, top, node_ref, fibres, modules, saes, direct)
     qrng_node = None
     services = top.get("services")
     if services is not None:
@@ -326,16 +364,52 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
     return Topology(
         name=str(top.get("name") or Path(str(source)).stem), source=Path(source) if isinstance(source, Path) else None,
         nodes=nodes, fibres=fibres, modules=modules, saes=saes, switches=switches, extra=extra,
-        routes=routes, qrng_node=qrng_node,
+        routes=routes, qrng_node=qrng_node, direct_links=direct,
     )
 
 
+def _direct_links(r: _Reader, top: dict[str, Any], modules: dict[str, ModuleSpec], fibres: dict[str, FibreSpec],
+                  switched: set[str]) -> list[DirectLinkSpec]:
+    """`direct_links:` emitter/receiver module pairs on the optical plant, each module in one link."""
+    out: list[DirectLinkSpec] = []
+    used: dict[str, int] = {}
+    for i, dl in enumerate(r.seq(top.get("direct_links"), ("direct_links",))):
+        p: Path_ = ("direct_links", i)
+        m = r.mapping(dl, p, {"emitter", "receiver", "description"}, {"emitter", "receiver"})
+        ends: list[ModuleSpec] = []
+        for key, role in (("emitter", "transmitter"), ("receiver", "receiver")):
+            name = r.string(m[key], p + (key,))
+            spec = modules.get(name)
+            if spec is None:
+                hint = _closest(name, set(modules))
+                raise r.fail(p + (key,), f"no module named {name!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+            if spec.role != role:
+                raise r.fail(p + (key,), f"{name} is a {spec.role}: the {key} must be a {role}")
+            if spec.node not in switched and spec.fibre is None:
+                raise r.fail(p + (key,), f"{name} is not on the optical plant: put it on a switch port "
+                                         f"(a node with a switch) or on a fibre end (`fibre:`)")
+            if name in used:
+                raise r.fail(p + (key,), f"{name} is already in direct_links[{used[name]}]")
+            ends.append(spec)
+        tx, rx = ends
+        if tx.technology != rx.technology:
+            raise r.fail(p + ("receiver",), f"{rx.name} is {rx.technology}, {tx.name} is {tx.technology}")
+        if tx.node == rx.node:
+            raise r.fail(p + ("receiver",), f"{tx.name} and {rx.name} are on the same node")
+        used[tx.name] = used[rx.name] = i
+        out.append(DirectLinkSpec(tx.name, rx.name))
+    return out
+
+
 def _routes(r: _Reader, top: dict[str, Any], node_ref: Any, fibres: dict[str, FibreSpec],
-            modules: dict[str, ModuleSpec], saes: dict[str, SaeSpec]) -> dict[str, RouteSpec]:
-    """`routes:` static key relay routes; consecutive path nodes must share a fibre or a module pair."""
+            modules: dict[str, ModuleSpec], saes: dict[str, SaeSpec],
+            direct: list[DirectLinkSpec] = ()) -> dict[str, RouteSpec]:  # type: ignore[assignment]
+    """`routes:` static key relay routes; consecutive path nodes must share a fibre, a module pair
+    or a declared direct link."""
     joined = {frozenset(f.ends) for f in fibres.values()}
     joined |= {frozenset((m.node, modules[m.pairs_with].node)) for m in modules.values()
                if m.pairs_with in modules}
+    joined |= {frozenset((modules[d.emitter].node, modules[d.receiver].node)) for d in direct}
     routes: dict[str, RouteSpec] = {}
     for i, ro in enumerate(r.seq(top.get("routes"), ("routes",))):
         p: Path_ = ("routes", i)
@@ -348,7 +422,7 @@ def _routes(r: _Reader, top: dict[str, Any], node_ref: Any, fibres: dict[str, Fi
             raise r.fail(p + ("path",), "a path names at least two nodes, each once")
         for j, (a, b) in enumerate(zip(path, path[1:])):
             if frozenset((a, b)) not in joined:
-                raise r.fail(p + ("path", j + 1), f"no fibre or QKD module pair joins {a} and {b}")
+                raise r.fail(p + ("path", j + 1), f"no fibre or QKD module pair joins {a} and {b} (nor a direct link)")
         bw = None
         if m.get("bandwidth_bps") is not None:
             bw = int(r.number(m["bandwidth_bps"], p + ("bandwidth_bps",)))

@@ -43,6 +43,24 @@ def _fail(source: Path | str, where: str, msg: str) -> ConfigError:
     return ConfigError(f"{source}: {where}: {msg}")
 
 
+LIMIT_FIELDS = ("max_message_bytes", "max_sessions", "max_xml_depth", "rpc_rate", "rpc_burst")
+
+
+def parse_limits(nc_raw: dict[str, Any], source: Path | str) -> Limits:
+    """The `netconf:` limits (see README "Limits"); each a positive number."""
+    values: dict[str, Any] = {}
+    for name in LIMIT_FIELDS:
+        if name not in nc_raw:
+            continue
+        value = nc_raw[name]
+        kind = float if name == "rpc_rate" else int
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or \
+                kind is int and not isinstance(value, int):
+            raise _fail(source, f"netconf.{name}", f"{value!r} is not a positive {kind.__name__}")
+        values[name] = kind(value)
+    return Limits(**values)
+
+
 def load_node_config(path: Path | str) -> NodeConfig:
     path = Path(path)
     try:
@@ -67,24 +85,31 @@ def parse_node_config(raw: Any, source: Path | str = "<config>") -> NodeConfig:
     nc_raw = raw.get("netconf") or {}
     if not isinstance(nc_raw, dict):
         raise _fail(source, "netconf", "expected a mapping")
-    unknown = set(nc_raw) - {"host", "port", "users", "max_message_bytes", "max_sessions"}
+    unknown = set(nc_raw) - {"host", "port", "users", *LIMIT_FIELDS}
     if unknown:
         raise _fail(source, "netconf", f"unknown field(s) {', '.join(sorted(unknown))}")
     users = []
-    for i, u in enumerate(nc_raw.get("users") or [{"username": "admin", "password": "admin"}]):
+    default_users = [{"username": "admin", "password": "admin", "recovery": True}]
+    for i, u in enumerate(nc_raw.get("users") or default_users):
         if not isinstance(u, dict) or not isinstance(u.get("username"), str):
             raise _fail(source, f"netconf.users[{i}]", "needs a username")
+        bad = set(u) - {"username", "password", "authorized_keys", "groups", "recovery"}
+        if bad:
+            raise _fail(source, f"netconf.users[{i}]", f"unknown field(s) {', '.join(sorted(bad))}")
         keys = u.get("authorized_keys") or []
         if isinstance(keys, str):
             keys = [keys]
-        users.append(User(u["username"], u.get("password"), tuple(str(k) for k in keys)))
+        groups = u.get("groups", ["admin"])
+        if isinstance(groups, str):
+            groups = [groups]
+        if not isinstance(groups, list) or not all(isinstance(g, str) and g for g in groups):
+            raise _fail(source, f"netconf.users[{i}].groups", "expected a list of group names")
+        users.append(User(u["username"], u.get("password"), tuple(str(k) for k in keys), tuple(groups),
+                          bool(u.get("recovery", False))))
     port = nc_raw.get("port", 830)
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise _fail(source, "netconf.port", f"{port!r} is not a port number")
-    limits = Limits(
-        max_message_bytes=int(nc_raw.get("max_message_bytes", Limits.max_message_bytes)),
-        max_sessions=int(nc_raw.get("max_sessions", Limits.max_sessions)),
-    )
+    limits = parse_limits(nc_raw, source)
     netconf = NetconfConfig(host=str(nc_raw.get("host", "127.0.0.1")), port=port, users=users, limits=limits)
     state_dir = Path(str(raw.get("state_dir", f"state/{name}")))
     if not state_dir.is_absolute() and isinstance(source, Path):

@@ -14,6 +14,7 @@ from .agent import SdnAgent
 from .config import NodeConfig
 from .datastore import Datastores
 from .keyplane import KeyPlane
+from .metrics import NodeMetrics
 from .netconf.server import NetconfServer
 from .qkd015 import node_config_xml
 from .schema import build_context
@@ -51,7 +52,8 @@ class Node:
             lambda: self.keyplane.fabric,
         )
         self.datastores = Datastores(self.ctx, self.state_dir, self._initial_config)
-        self.keyplane = KeyPlane(cfg.name, self.node_id, self.state_dir, cfg.extra)
+        self.metrics = NodeMetrics.from_config(cfg.name, cfg.extra) if cfg.extra.get("metrics") else None
+        self.keyplane = KeyPlane(cfg.name, self.node_id, self.state_dir, cfg.extra, metrics=self.metrics)
         self.agent = SdnAgent(self.keyplane)
         self.agent.load(self.datastores.running)
         self.datastores.subsystems.append(self.agent)
@@ -63,6 +65,8 @@ class Node:
             self.datastores, cfg.netconf.users, self.state_dir / "ssh_host_ed25519_key", cfg.netconf.limits
         )
         self.agent.publish = self.netconf.publish
+        if self.metrics is not None:
+            self.metrics.watch(self.keyplane, self.netconf)
         self.netconf_port = 0
         self.restconf = self._restconf()
         self.restconf_port = 0
@@ -81,7 +85,8 @@ class Node:
 
         tls = server_context(CertPaths(Path(pki["cert"]), Path(pki["key"]), Path(pki["ca"])), require_client_cert=False)
         nc = self.netconf
-        return RestconfServer(self.datastores, nc.check_password, lambda: set(nc.users), nc.schema_text, tls)
+        return RestconfServer(self.datastores, nc.check_password, lambda: set(nc.users), nc.schema_text, tls,
+                              nacm=nc.nacm)
 
     def _node_id(self) -> str:
         id_file = self.state_dir / "node_id"
@@ -100,7 +105,17 @@ class Node:
         on a node with an optical switch, the TAPI context with one SIP per switch port."""
         return node_config_xml(
             self.node_id, VERSION, self.cfg.location or self.cfg.name, self.cfg.extra.get("modules") or []
-        ) + self.switch.initial_config_xml()
+        ) + self.switch.initial_config_xml() + self._initial_nacm()
+
+    def _initial_nacm(self) -> str:
+        """RFC 8341 groups and rule-lists: `admin` and `operator`, users per the node config."""
+        from .netconf.nacm import default_config_xml
+
+        groups: dict[str, list[str]] = {}
+        for user in self.cfg.netconf.users:
+            for group in user.groups:
+                groups.setdefault(group, []).append(user.username)
+        return default_config_xml(groups)
 
     async def start(self) -> None:
         await self.keyplane.start()
@@ -116,12 +131,19 @@ class Node:
             self.restconf_port = await self.restconf.start(str(rc.get("host", "127.0.0.1")), int(rc.get("port", 0)))
             info["restconf"] = {"host": str(rc.get("host", "127.0.0.1")), "port": self.restconf_port,
                                 "url": f"https://{rc.get('host', '127.0.0.1')}:{self.restconf_port}/restconf"}
+        if self.metrics is not None:  # Prometheus /metrics, plain HTTP (config `metrics: {host, port}`)
+            mc = self.cfg.extra["metrics"]
+            host = str(mc.get("host", "127.0.0.1"))
+            port = await self.metrics.start(host, int(mc.get("port", 0)))
+            info["metrics"] = {"url": f"http://{host}:{port}/metrics"}
         if self.keyplane.etsi014 is not None:
             info["etsi014"] = {"url": f"https://{self.cfg.extra['etsi014'].get('host', '127.0.0.1')}:{self.keyplane.etsi014_port}"}
         write_json_atomic(self.state_dir / "node.json", info)
         log.info("node %s (%s) NETCONF on %s:%d", self.cfg.name, self.node_id, self.cfg.netconf.host, self.netconf_port)
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.restconf is not None:
             await self.restconf.stop()
         await self.netconf.stop()

@@ -11,12 +11,13 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .devices.keysource import ModuleKeySource
 from .devices.module import ModuleConfig, ModuleStatus, QKDModule
 from .keystore.etsi004 import Etsi004Kms, peers_from_config, start_etsi004_server
 from .keystore.etsi014 import Etsi014Server, NeighbourResolver, SaeDirectory
+from .keystore.limits import ApiLimits
 from .keystore.feeder import ModuleFeeder
 from .keystore.store import KeyStore
 from .forwarder import Forwarder, Neighbour, attach_to_014
@@ -24,6 +25,9 @@ from .qrng import QrngClient
 from .lightpath import DARK_LOSS_DB, FabricClient, Light
 from .pki import CertPaths, client_context, server_context
 from .qkd015 import LinkConfig
+
+if TYPE_CHECKING:
+    from .metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +61,10 @@ StateListener = Callable[[str, ModuleStatus], None]
 
 
 class KeyPlane:
-    def __init__(self, node_name: str, node_id: str, state_dir: Path, extra: dict[str, Any]) -> None:
+    def __init__(self, node_name: str, node_id: str, state_dir: Path, extra: dict[str, Any],
+                 metrics: NodeMetrics | None = None) -> None:
         self.node_name = node_name
+        self.metrics = metrics  # counts 014/004 requests at the event (qkdnode.metrics)
         self.node_id = node_id
         self.state_dir = Path(state_dir)
         self.extra = extra
@@ -105,8 +111,11 @@ class KeyPlane:
         api = self.extra.get("etsi014")
         if api is not None:
             self.etsi014 = Etsi014Server(self.store, directory, self.resolver, server_context(self.pki),
-                                         host=str(api.get("host", "127.0.0.1")), port=int(api.get("port", 0)))
+                                         host=str(api.get("host", "127.0.0.1")), port=int(api.get("port", 0)),
+                                         limits=ApiLimits.from_config(api))
             attach_to_014(self.etsi014, self.forwarder, self.resolver)  # relayed keys within enc_keys
+            if self.metrics is not None:
+                self.etsi014.app.middlewares.append(self.metrics.etsi014_middleware)
             self.etsi014_port = await self.etsi014.start()
         fwd = self.extra.get("forwarder")
         if fwd is not None:
@@ -117,6 +126,7 @@ class KeyPlane:
                 self.store, directory, self.resolver, self.node_name, peers_from_config(self.extra.get("peers")),
                 self.pki, host=str(api004.get("host", "127.0.0.1")), port=int(api004.get("port", 0)),
                 rate_of=self._key_rate,
+                interceptors=[self.metrics.etsi004_interceptor()] if self.metrics is not None else (),
             )
 
     def _make_forwarder(self) -> Forwarder:

@@ -57,6 +57,7 @@ PROTOCOL_MODULES: tuple[ServedModule, ...] = (
     ServedModule("ietf-netconf-with-defaults"),
     ServedModule("ietf-netconf-monitoring"),
     ServedModule("ietf-netconf-notifications"),
+    ServedModule("ietf-netconf-acm"),  # NACM (RFC 8341): /nacm in running
 )
 
 _logging_configured = False

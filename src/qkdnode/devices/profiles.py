@@ -9,6 +9,16 @@ labelled so in ``source``/``notes``. None of them was fitted to the key rates me
 Table 1; the rates follow from the formulas in :mod:`qkdnode.devices.physics` (asymptotic,
 infinite-key, so they sit above field averages, which include finite-size, authentication and
 operational overheads).
+
+The profiles above are the device models (asymptotic rates). The ``*-madqci`` profiles below are
+the same devices as MadQCI ran them, *calibrated to Table 1* for the twin
+(``topologies/madqci.yaml``; ``qkdnet compare-table1`` prints model vs. paper): a ``duty_factor``
+(the share of time/symbols that ends as key: self-optimisation and calibration pauses, parameter
+estimation, frame errors, finite-size overheads) and, where the paper's device section says why, a
+noise or dead-time value moved towards the measured averages; every such value says so. Their
+loss budgets are expressed against the C-band link losses that the paper quotes and the twin's
+fibres carry (the O band loses ~50 % more on the same fibre, paper). The device models keep their
+asymptotic values because other examples and tests size key routes on them.
 """
 
 from __future__ import annotations
@@ -28,8 +38,11 @@ __all__ = [
     "AIT_CV",
     "ALL_PROFILES",
     "HWDU_CV",
+    "HWDU_CV_C38",
     "IDQ_COW",
     "IDQ_COW_C",
+    "IDQ_COW_C32",
+    "MADQCI_PROFILES",
     "TOSHIBA_BB84",
     "at_wavelength",
     "profile_by_name",
@@ -114,6 +127,13 @@ IDQ_COW_C = dataclasses.replace(
     fibre_loss_db_per_km=band_loss_db_per_km(Band.C),
 )
 
+#: The Cerberis 3 pair of MadQCI link 6, on ITU channel 32.
+IDQ_COW_C32 = dataclasses.replace(
+    IDQ_COW_C,
+    name="idq-cerberis3-cow-c32",
+    wavelength_nm=round(itu_channel_wavelength_nm(32), 2),
+)
+
 HWDU_CV = DeviceProfile(
     name="hwdu-cv-gg02",
     vendor="Huawei Technologies Duesseldorf",
@@ -143,6 +163,14 @@ HWDU_CV = DeviceProfile(
     fixed_rate_code=True,  # MadQCI: "a single fixed-rate code"
     fluctuation_std=0.05,
     fluctuation_tau_s=600.0,
+)
+
+#: The same HWDU module tuned to ITU channel 38 (MadQCI: tunable lasers, Table 1 lists C-37 and
+#: C-38 for most links; the twin declares one interface per channel a module was operated on).
+HWDU_CV_C38 = dataclasses.replace(
+    HWDU_CV,
+    name="hwdu-cv-gg02-c38",
+    wavelength_nm=round(itu_channel_wavelength_nm(38), 2),
 )
 
 AIT_CV = DeviceProfile(
@@ -175,7 +203,81 @@ AIT_CV = DeviceProfile(
     notes="Plausible variant: Gaussian-modulation bound used for a QPSK system.",
 )
 
-ALL_PROFILES: tuple[DeviceProfile, ...] = (TOSHIBA_BB84, IDQ_COW, IDQ_COW_C, HWDU_CV, AIT_CV)
+# -- MadQCI field profiles: the devices as MadQCI ran them, calibrated to Table 1 ------------------
+_CAL = "Calibrated to MadQCI Table 1 (field averages); see the module docstring."
+
+TOSHIBA_BB84_MADQCI = dataclasses.replace(
+    TOSHIBA_BB84,
+    name="toshiba-bb84-t12-madqci",
+    # Plausible, against C-band link loss: ~21 dB at 1310 nm is 14 dB of the C-band loss the paper
+    # quotes (O band ~50 % more, paper). Link 8 (11.8 dB + two switch crossings) fits; the twin's
+    # fixed Toshiba pairs do not reach each other through the switches (the paper's 45 count).
+    loss_budget_db=14.0,
+    # dark + after-pulse + Raman of the co-propagating C-band traffic, raised from 5e-6: Table 1's
+    # rates fall faster with loss than detector noise alone gives (calibrated to Table 1)
+    dark_count_prob=1.0e-5,
+    # MadQCI: "automatic self-optimization routines to dynamically adjust ... polarization, phase,
+    # timing delays"; with finite-size privacy amplification, 20 % of the asymptotic rate reaches
+    # the KMS (calibrated to Table 1: links 5, 7, 8 and 9 within ~3x)
+    duty_factor=0.2,
+    notes=_CAL,
+)
+
+IDQ_COW_MADQCI = dataclasses.replace(
+    IDQ_COW,
+    name="idq-cerberis3-cow-madqci",
+    # plausible: 18 dB at 1310 nm is 12 dB of C-band link loss (O band ~50 % more, paper)
+    loss_budget_db=12.0,
+    # gated InGaAs SPDs offer 0.1-100 us of hold-off; 20 us caps the raw click rate as Table 1's
+    # ~2 kbit/s at 5-10 dB suggest (calibrated to Table 1)
+    dead_time_s=20.0e-6,
+    # MadQCI: the Cerberis 3 generation was "very sensitive to variations in temperature, even
+    # those inside a datacenter": 10 % of the asymptotic rate on average (calibrated to Table 1)
+    duty_factor=0.1,
+    notes=_CAL,
+)
+
+#: MadQCI links 2 and 6: the Cerberis 3 on ITU channels 34 and 32 (C band, 18 dB budget).
+IDQ_COW_C34_MADQCI = dataclasses.replace(
+    IDQ_COW_MADQCI, name="idq-cerberis3-cow-c34-madqci", wavelength_nm=IDQ_COW_C.wavelength_nm,
+    band=Band.C, fibre_loss_db_per_km=band_loss_db_per_km(Band.C), loss_budget_db=18.0,
+)
+IDQ_COW_C32_MADQCI = dataclasses.replace(
+    IDQ_COW_C34_MADQCI, name="idq-cerberis3-cow-c32-madqci", wavelength_nm=IDQ_COW_C32.wavelength_nm,
+)
+
+HWDU_CV_MADQCI = dataclasses.replace(
+    HWDU_CV,
+    name="hwdu-cv-gg02-madqci",
+    # plausible: share of symbols that ends as key after the frame errors of the single fixed-rate
+    # code near its -19.5 dB threshold, shot-noise/phase calibration and parameter estimation
+    # (calibrated to Table 1: direct links within ~3x of their measured averages)
+    duty_factor=0.06,
+    notes=_CAL,
+)
+HWDU_CV_C38_MADQCI = dataclasses.replace(
+    HWDU_CV_MADQCI, name="hwdu-cv-gg02-c38-madqci", wavelength_nm=HWDU_CV_C38.wavelength_nm,
+)
+
+AIT_CV_MADQCI = dataclasses.replace(
+    AIT_CV,
+    name="ait-cv-qpsk-madqci",
+    # plausible: an experimental prototype, connected remotely for short periods, whose optional
+    # post-selection trades raw key for SNR (MadQCI): 1 % of the asymptotic rate remains
+    # (calibrated to Table 1's 14 kbit/s)
+    duty_factor=0.01,
+    notes=_CAL,
+)
+
+#: The profiles of the MadQCI twin (topologies/madqci.yaml).
+MADQCI_PROFILES: tuple[DeviceProfile, ...] = (
+    TOSHIBA_BB84_MADQCI, IDQ_COW_MADQCI, IDQ_COW_C34_MADQCI, IDQ_COW_C32_MADQCI,
+    HWDU_CV_MADQCI, HWDU_CV_C38_MADQCI, AIT_CV_MADQCI,
+)
+
+ALL_PROFILES: tuple[DeviceProfile, ...] = (
+    TOSHIBA_BB84, IDQ_COW, IDQ_COW_C, IDQ_COW_C32, HWDU_CV, HWDU_CV_C38, AIT_CV, *MADQCI_PROFILES,
+)
 
 
 def profile_by_name(name: str) -> DeviceProfile:

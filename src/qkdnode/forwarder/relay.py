@@ -316,7 +316,8 @@ class Forwarder:
             raise BadRelayMessage(f"{where}: origin/target are not the ends of route {req.route_id}")
         kb = req.key_size_bits // 8
         if not 1 <= req.keys <= MAX_KEYS_PER_RELAY or req.key_size_bits % 8 or not 0 < kb <= 8192 \
-                or req.hop >= MAX_HOPS or parse_key_id(req.relay_id) is None or req.relay_id in self.pending:
+                or req.hop >= MAX_HOPS or caller is not None and req.hop < 1 or req.link_seq < 0 \
+                or parse_key_id(req.relay_id) is None or req.relay_id in self.pending:
             raise BadRelayMessage(f"{where}: malformed or duplicate prepare")
         upstream_id, downstream_id = route.hops_towards(req.target)
         in_link: str | None = None

@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, ClassVar, TypeVar
@@ -273,8 +273,10 @@ class Etsi004Kms:
 
     def __init__(self, store: KeyStore, directory: SaeDirectory, resolver: AssociationResolver,
                  node_name: str, peers: Mapping[str, PeerKms], pki: CertPaths, *,
-                 rate_of: RateOf | None = None) -> None:
+                 rate_of: RateOf | None = None,
+                 interceptors: Sequence[grpc.aio.ServerInterceptor] = ()) -> None:
         self.store = store
+        self.interceptors = list(interceptors)  # e.g. the node's metrics (qkdnode.metrics)
         self.directory = directory
         self.resolver = resolver
         self.node_name = node_name
@@ -292,7 +294,8 @@ class Etsi004Kms:
             [(self.pki.key.read_bytes(), self.pki.cert.read_bytes())],
             root_certificates=self.pki.ca.read_bytes(), require_client_auth=True,
         )
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port must not be shared
+        server = grpc.aio.server(interceptors=self.interceptors or None,
+                                 options=[("grpc.so_reuseport", 0)])  # a taken port must not be shared
         pb_grpc.add_Etsi004Servicer_to_server(AppService(self), server)
         pb_grpc.add_Etsi004PeerServicer_to_server(PeerService(self), server)
         self.port = server.add_secure_port(f"{host}:{port}", creds)
@@ -725,8 +728,8 @@ class Etsi004Client:
 async def start_etsi004_server(
     store: KeyStore, directory: SaeDirectory, resolver: AssociationResolver, node_name: str,
     peers: Mapping[str, PeerKms], pki: CertPaths, host: str = "127.0.0.1", port: int = 0,
-    rate_of: RateOf | None = None,
+    rate_of: RateOf | None = None, interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[Etsi004Kms, int]:
     """Start a 004 server; returns it (stop with `await kms.stop()`) and its port."""
-    kms = Etsi004Kms(store, directory, resolver, node_name, peers, pki, rate_of=rate_of)
+    kms = Etsi004Kms(store, directory, resolver, node_name, peers, pki, rate_of=rate_of, interceptors=interceptors)
     return kms, await kms.start(host, port)

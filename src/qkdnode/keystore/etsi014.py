@@ -26,6 +26,7 @@ from aiohttp import web
 from ..pki import peer_common_name
 from .committer import GroupCommitter
 from .errors import BadRequest, KeyStoreError, StorageError, Unauthorized
+from .limits import ApiLimits, SaeRateLimiter
 from .store import KeyStore
 from .types import Delivery, MasterRequest, SlaveRequest
 
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/keys"
 OPENAPI_RESOURCE = "etsi014-openapi.yaml"
+# response item: number of keys the reply delivers, for the metrics middleware (qkdnode.metrics)
+DELIVERED_KEYS: Any = web.ResponseKey("qkd_keys", int) if hasattr(web, "ResponseKey") else "qkd_keys"
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -108,7 +111,9 @@ def _keys_response(delivery: Delivery) -> web.Response:
     body = '{"keys":[' + ",".join(
         f'{{"key_ID":"{kid}","key":"{b64(key).decode()}"}}' for kid, key in delivery
     ) + "]}"
-    return web.Response(body=body.encode(), content_type="application/json")
+    response = web.Response(body=body.encode(), content_type="application/json")
+    response[DELIVERED_KEYS] = len(delivery)  # for the metrics middleware (a count, never the keys)
+    return response
 
 
 def int_param(name: str, value: object, *, query: bool) -> int:
@@ -131,7 +136,7 @@ async def json_object(request: web.Request, allowed: frozenset[str]) -> dict[str
         raise BadRequest("request body too large") from None
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nesting too deep
         raise BadRequest("request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
@@ -152,7 +157,7 @@ class Etsi014Server:
 
     def __init__(self, store: KeyStore, directory: SaeDirectory, resolver: AssociationResolver,
                  ssl_ctx: ssl.SSLContext, *, host: str = "127.0.0.1", port: int = 0,
-                 max_body: int = 64 * 1024) -> None:
+                 max_body: int | None = None, limits: ApiLimits | None = None) -> None:
         if ssl_ctx.verify_mode != ssl.CERT_REQUIRED:
             raise ValueError("the 014 server needs a TLS context that requires client certificates")
         self.store = store
@@ -162,7 +167,9 @@ class Etsi014Server:
         self.host = host
         self.port = port
         self.committer = GroupCommitter(store)
-        self.app = web.Application(client_max_size=max_body)
+        self.limits = limits or ApiLimits()
+        self.limiter = SaeRateLimiter(self.limits.rate, self.limits.burst)
+        self.app = web.Application(client_max_size=max_body or self.limits.max_body)
         r = self.app.router
         r.add_get(PREFIX + "/{slave}/status", guarded(self.status))
         r.add_route("GET", PREFIX + "/{slave}/enc_keys", guarded(self.enc_keys_get))
@@ -170,6 +177,7 @@ class Etsi014Server:
         r.add_route("GET", PREFIX + "/{master}/dec_keys", guarded(self.dec_keys_get))
         r.add_route("POST", PREFIX + "/{master}/dec_keys", guarded(self.dec_keys_post))
         r.add_get("/api/v1/openapi.yaml", self.openapi)
+        r.add_get("/api/v1/openapi.json", self.openapi_json)
         self._openapi = resources.files(__package__).joinpath(OPENAPI_RESOURCE).read_bytes()
         self._runner: web.AppRunner | None = None
 
@@ -197,6 +205,7 @@ class Etsi014Server:
             raise Unauthorized("a client certificate naming the SAE is required")
         if not self.directory.is_local(cn):
             raise Unauthorized(f"SAE {cn} is not attached to KME {self.directory.local_node_id}")
+        self.limiter.check(cn)
         return cn
 
     def _association(self, local_sae: str, remote_sae: str) -> str:
@@ -299,6 +308,12 @@ class Etsi014Server:
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/yaml")
+
+    async def openapi_json(self, request: web.Request) -> web.Response:
+        """The same OpenAPI document as JSON (what schemathesis and most tools read)."""
+        import yaml
+
+        return web.Response(body=json.dumps(yaml.safe_load(self._openapi)).encode(), content_type="application/json")
 
 
 async def start_etsi014_server(

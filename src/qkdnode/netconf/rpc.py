@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from lxml import etree
 
 from ..datastore import Datastore, TestOption
+from ..datatree import DataTree
 from ..edit import EditOp, ErrorOption
 from . import errors as E
 from .filters import parse_filter, subtree_filter, xpath_filter
@@ -126,7 +127,43 @@ class RpcDispatcher:
                 message=f"operation <{q.localname}> ({q.namespace}) is not supported",
                 info={"bad-element": q.localname}, error_type=E.ErrorType.PROTOCOL,
             )
+        nacm = self.server.nacm
+        nacm.check_exec(session.info.username, nacm.module_of(q.namespace or "") or "", q.localname)
         return await handler(session, op)
+
+    # -- access control (RFC 8341) ------------------------------------------------------------
+    def _readable(self, session: "NetconfSession", tree: DataTree) -> DataTree | None:
+        """A pruned copy of `tree` when NACM hides some of it from the user, else None."""
+        nacm, user = self.server.nacm, session.info.username
+        if nacm.may_read_everything(user):
+            return None
+        copy = tree.dup()
+        nacm.prune(user, copy)
+        return copy
+
+    def _authorize_edit(self, session: "NetconfSession", target: Datastore, content: str,
+                        default_op: EditOp) -> None:
+        """Check an edit's changes (found by a test-only run of it) against the user's write rules."""
+        nacm, user = self.server.nacm, session.info.username
+        if nacm.may_write_everything(user) or target is not Datastore.CANDIDATE:
+            return
+        applied = self.ds.edit_config(target, content, session.id, default_op, TestOption.TEST_ONLY,
+                                      ErrorOption.STOP)
+        old = self.ds.config_tree(target)
+        edits = []
+        for e in applied:
+            if e.operation in (EditOp.DELETE, EditOp.REMOVE):
+                edits.append(("delete", e.path))
+            elif e.operation is EditOp.CREATE or e.path != "/" and old.find(e.path) is None:
+                edits.append(("create", e.path))
+            else:
+                edits.append(("update", e.path))
+        nacm.check_write(user, edits)
+
+    def _authorize_replace(self, session: "NetconfSession", ops: tuple[str, ...]) -> None:
+        nacm, user = self.server.nacm, session.info.username
+        if not nacm.may_write_everything(user):
+            nacm.check_write(user, [(o, "/") for o in ops])
 
     # -- reading --------------------------------------------------------------------------------
     async def rpc_get_config(self, session: "NetconfSession", op: etree._Element) -> str:
@@ -136,19 +173,26 @@ class RpcDispatcher:
             raise E.InvalidValue(message=f"datastore {source.value} is not supported", info={"bad-element": source.value})
         wd = _with_defaults(op)
         ftype, fel = parse_filter(_child(op, "filter"))
-        if ftype == "xpath":
-            assert fel is not None
-            body = xpath_filter(self.ds.config_tree(source), _select(fel), dict(fel.nsmap), wd)
-        else:
-            body = self.ds.get_config_xml(source, wd)
-            if fel is not None:
-                body = subtree_filter(body, fel, self.server.list_keys)
+        pruned = self._readable(session, self.ds.config_tree(source))
+        try:
+            if ftype == "xpath":
+                assert fel is not None
+                tree = pruned if pruned is not None else self.ds.config_tree(source)
+                body = xpath_filter(tree, _select(fel), dict(fel.nsmap), wd)
+            else:
+                body = self.ds.get_config_xml(source, wd) if pruned is None else pruned.print(with_defaults=wd)
+                if fel is not None:
+                    body = subtree_filter(body, fel, self.server.list_keys)
+        finally:
+            if pruned is not None:
+                pruned.free()
         return f"<data>{body}</data>"
 
     async def rpc_get(self, session: "NetconfSession", op: etree._Element) -> str:
         wd = _with_defaults(op)
         ftype, fel = parse_filter(_child(op, "filter"))
         tree = self.ds.operational_tree()
+        self.server.nacm.prune(session.info.username, tree)
         try:
             if ftype == "xpath":
                 assert fel is not None
@@ -176,19 +220,23 @@ class RpcDispatcher:
                 raise E.OperationNotSupported(message=":url is not supported", info={"bad-element": "url"})
             raise E.MissingElement(message="<edit-config> needs <config>", info={"bad-element": "config"},
                                    error_type=E.ErrorType.PROTOCOL)
-        self.ds.edit_config(target, _config_content(config), session.id, default_op, test, err_opt)
+        content = _config_content(config)
+        self._authorize_edit(session, target, content, default_op)
+        self.ds.edit_config(target, content, session.id, default_op, test, err_opt)
         return OK
 
     async def rpc_copy_config(self, session: "NetconfSession", op: etree._Element) -> str:
         target = _datastore_of(_required(op, "target"))
         source = _datastore_of(_required(op, "source"), allow_config=True)
         assert isinstance(target, Datastore)
+        self._authorize_replace(session, ("create", "update", "delete"))
         self.ds.copy_config(target, source, session.id)
         return OK
 
     async def rpc_delete_config(self, session: "NetconfSession", op: etree._Element) -> str:
         target = _datastore_of(_required(op, "target"))
         assert isinstance(target, Datastore)
+        self._authorize_replace(session, ("delete",))
         self.ds.delete_config(target, session.id)
         return OK
 

@@ -37,12 +37,17 @@ class User:
     username: str
     password: str | None = None
     authorized_keys: tuple[str, ...] = ()  # OpenSSH public key lines
+    groups: tuple[str, ...] = ("admin",)  # NACM groups in the initial /nacm of a new node
+    recovery: bool = False  # NACM recovery user: access control does not apply (RFC 8341 3.2)
 
 
 @dataclass(frozen=True)
 class Limits:
     max_message_bytes: int = 16 * 1024 * 1024
     max_sessions: int = 64
+    max_xml_depth: int = 64  # element nesting of one message
+    rpc_rate: float = 1000.0  # RPCs per second per session (token bucket) ...
+    rpc_burst: int = 2000  # ... with this burst; beyond: resource-denied
 
 
 @dataclass
@@ -105,11 +110,17 @@ class NetconfServer:
         self._next_id = 1
         self._ssh: asyncssh.SSHAcceptor | None = None
         self.after_reply: Callable[[NetconfSession], None] | None = None
+        self.rpc_observer: Callable[[str, bool], None] | None = None  # (operation, ok) per reply (metrics)
         self.recorder = message_recorder()
         self._hello_caps = self._capabilities()
         from .rpc import RpcDispatcher
 
         self.dispatcher = RpcDispatcher(self)
+        from .nacm import Nacm
+
+        self.nacm = Nacm(self.ctx, lambda: datastores.get_config_xml(Datastore.RUNNING),
+                         [u.username for u in users if u.recovery])
+        datastores.providers.append(self.nacm.state_xml)
         datastores.providers.append(self.monitoring_state)
         datastores.listeners.append(self._config_changed)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 from xml.sax.saxutils import quoteattr
@@ -43,14 +44,48 @@ class SessionInfo:
     )
 
 
-def parse_xml(data: bytes) -> etree._Element:
-    """Parse one message; DTDs (and so entity bombs) are refused."""
+def parse_xml(data: bytes, max_depth: int = 64) -> etree._Element:
+    """Parse one message; DTDs (and so entity bombs) and nesting deeper than `max_depth` are refused."""
     if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
         raise E.MalformedMessage(message="DTDs and entity declarations are not allowed")
     try:
-        return etree.fromstring(data, _PARSER)
+        root = etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as exc:
         raise E.MalformedMessage(message=f"not well-formed XML: {exc}") from exc
+    except ValueError as exc:  # e.g. a str with an encoding declaration; lxml refuses it
+        raise E.MalformedMessage(message=f"not well-formed XML: {exc}") from exc
+    if _deeper_than(root, max_depth):
+        raise E.MalformedMessage(message=f"XML nesting deeper than {max_depth} elements")
+    return root
+
+
+def _deeper_than(root: etree._Element, limit: int) -> bool:
+    stack = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in el)
+    return False
+
+
+class RateLimit:
+    """A token bucket: `rate` tokens per second, at most `burst` banked."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
 
 
 class NetconfSession:
@@ -69,6 +104,8 @@ class NetconfSession:
         self._write = write
         self._close = close
         self.decoder = FrameDecoder(server.limits.max_message_bytes)
+        self.max_depth = server.limits.max_xml_depth
+        self.rate = RateLimit(server.limits.rpc_rate, server.limits.rpc_burst)
         self.framing = Framing.EOM
         self.hello_done = False
         self.closed = False
@@ -151,7 +188,7 @@ class NetconfSession:
 
     def _hello(self, data: bytes) -> bool:
         try:
-            root = parse_xml(data)
+            root = parse_xml(data, self.max_depth)
         except E.RpcError:
             self.server.stats.in_bad_hellos += 1
             return False
@@ -181,8 +218,9 @@ class NetconfSession:
         self.counters.in_rpcs += 1
         self.server.stats.in_rpcs += 1
         attrs = ""
+        op = "unknown"  # the operation's element name, for the server's rpc_observer
         try:
-            root = parse_xml(data)
+            root = parse_xml(data, self.max_depth)
             if root.tag != f"{{{NC_NS}}}rpc":
                 raise E.MalformedMessage(message=f"expected <rpc>, got <{etree.QName(root).localname}>")
             attrs = self._reply_attrs(root)
@@ -190,11 +228,17 @@ class NetconfSession:
                 raise E.MissingAttribute(
                     message="rpc without message-id", info={"bad-attribute": "message-id", "bad-element": "rpc"}
                 )
+            if not self.rate.take():
+                raise E.ResourceDenied(message=f"RPC rate limit of this session exceeded "
+                                               f"({self.server.limits.rpc_rate:g}/s, burst {self.server.limits.rpc_burst})",
+                                       app_tag="rate-limited")
             ops = [c for c in root if isinstance(c.tag, str)]
             if len(ops) != 1:
                 raise E.MalformedMessage(message="an <rpc> holds exactly one operation")
+            op = etree.QName(ops[0]).localname
             body = await self.server.dispatcher.dispatch(self, ops[0])
         except (E.RpcError, E.RpcErrors) as err:
+            self._observe(op, False)
             errs = err.errors if isinstance(err, E.RpcErrors) else [err]
             self.counters.out_rpc_errors += 1
             self.server.stats.out_rpc_errors += 1
@@ -204,12 +248,18 @@ class NetconfSession:
             return E.reply_error(attrs, errs)
         except Exception as exc:  # anything unexpected is operation-failed, the session lives on
             log.exception("rpc failed in session %d", self.id)
+            self._observe(op, False)
             self.counters.out_rpc_errors += 1
             self.server.stats.out_rpc_errors += 1
             return E.reply_error(attrs, [E.OperationFailed(message=f"internal error: {type(exc).__name__}")])
+        self._observe(op, True)
         if body is None:
             return None
         return f'<rpc-reply xmlns="{NC_NS}"{attrs}>{body}</rpc-reply>'
+
+    def _observe(self, operation: str, ok: bool) -> None:
+        if self.server.rpc_observer is not None:
+            self.server.rpc_observer(operation, ok)
 
     @staticmethod
     def _reply_attrs(root: etree._Element) -> str:

@@ -108,12 +108,16 @@ class Reader:
             tree.merge_tree(self.yang_library())
         return tree
 
-    def read(self, path: ApiPath, opts: ReadOptions, fmt: str) -> str | None:
-        """The resource in `fmt` ('json' | 'xml'), or None when it does not exist."""
+    def read(self, path: ApiPath, opts: ReadOptions, fmt: str,
+             prune: Callable[[DataTree], object] | None = None) -> str | None:
+        """The resource in `fmt` ('json' | 'xml'), or None when it does not exist; `prune` removes
+        what the caller may not read (NACM) from the tree first."""
         if opts.content == "config" and not path.is_root and not path.target.config:
             return None
         tree = self._tree(path, opts)
         try:
+            if prune is not None:
+                prune(tree)
             if path.is_root:
                 nodes = list(tree.top_nodes())
             elif path.instance:
@@ -234,6 +238,10 @@ class Writer:
         if ret != lib.LY_SUCCESS:
             tree.free()
             err = YangDataError.from_ctx(self.ctx, "invalid request body")
+            # a body libyang cannot parse at all (not JSON/XML, a DTD, no namespace, too deep) is
+            # the client's fault: malformed-message (400), not operation-failed (500)
+            err.errors = [E.MalformedMessage(message=e.message, path=e.path, path_namespaces=e.path_namespaces,
+                                             info=e.info) if e.tag == "operation-failed" else e for e in err.errors]
             if not parent.is_root:  # libyang locates errors below a given parent from the body's top
                 where, nsmap = xml_path(self.ctx, parent.data_path)
                 for e in err.errors:

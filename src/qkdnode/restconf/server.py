@@ -20,6 +20,7 @@ from aiohttp import BasicAuth, web
 from ..datastore import Datastores
 from ..datatree import DataTree
 from ..netconf import errors as E
+from ..netconf.nacm import Nacm
 from ..pki import peer_common_name
 from .errors import JSON_TYPE, XML_TYPE, RESTCONF_NS, RestconfError
 from .paths import ApiPath, parse_api_path
@@ -62,8 +63,12 @@ class RestconfServer:
         users: Callable[[], set[str]],
         schema_text: Callable[[str, str | None], str | None],
         tls: ssl.SSLContext,
+        nacm: "Nacm | None" = None,
+        max_body: int = 1024 * 1024,
     ) -> None:
         self.ds = datastores
+        self.nacm = nacm  # RFC 8341 access control (None: every authenticated user may do everything)
+        self.max_body = max_body
         self.ctx: libyang.Context = datastores.ctx
         self.check_password = check_password
         self.users = users
@@ -76,7 +81,7 @@ class RestconfServer:
 
     # -- app ------------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._errors, self._auth])
+        app = web.Application(middlewares=[self._errors, self._auth], client_max_size=self.max_body)
         app.router.add_get("/.well-known/host-meta", self.host_meta)
         app.router.add_get(ROOT, self.root)
         app.router.add_get(f"{ROOT}/yang-library-version", self.yang_library_version)
@@ -145,6 +150,31 @@ class RestconfServer:
         except ValueError:
             return None
         return auth.login if self.check_password(auth.login, auth.password) else None
+
+    def _authorize_write(self, request: web.Request, path: ApiPath, method: str) -> None:
+        """NACM (RFC 8341) write access for the target resource and everything below it."""
+        if self.nacm is None:
+            return
+        user = request[USER_KEY]
+        if self.nacm.may_write_everything(user):
+            return
+        target = path.data_path or "/"
+        ops = {"DELETE": ("delete",), "POST": ("create",), "PATCH": ("create", "update"),
+               "PUT": ("create", "update", "delete") if path.is_root else
+               (("update",) if self.writer.exists(path) else ("create",))}.get(method, ())
+        self.nacm.check_write(user, [(op, target) for op in ops])
+
+    async def _body(self, request: web.Request) -> str:
+        """The request body as text; too big: 413 with an ietf-restconf:errors body."""
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RestconfError([E.TooBig(message=f"request body larger than {self.max_body} bytes")],
+                                status=413) from None
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise RestconfError([E.MalformedMessage(message="request body is not UTF-8")], status=400) from None
 
     # -- discovery ----------------------------------------------------------------------------
     async def host_meta(self, request: web.Request) -> web.Response:
@@ -257,11 +287,16 @@ class RestconfServer:
                                                      "Accept-Patch": f"{JSON_TYPE}, {XML_TYPE}"})
         if method in ("GET", "HEAD"):
             media = _media_out(request)
-            text = self.reader.read(path, self._read_options(request), "xml" if media == XML_TYPE else "json")
+            user = request[USER_KEY]
+            nacm = self.nacm
+            prune = None if nacm is None or nacm.may_read_everything(user) else (lambda t: nacm.prune(user, t))
+            text = self.reader.read(path, self._read_options(request), "xml" if media == XML_TYPE else "json",
+                                    prune=prune)
             if text is None:
                 raise RestconfError([E.DataMissing(message=f"no data at {path.data_path}")], status=404)
             return web.Response(text="" if method == "HEAD" else text, content_type=media)
-        body = (await request.text()) if method != "DELETE" else ""
+        self._authorize_write(request, path, method)
+        body = (await self._body(request)) if method != "DELETE" else ""
         if method == "DELETE":
             if path.is_root or not path.instance or not self.writer.exists(path):
                 raise RestconfError([E.DataMissing(message=f"no data at {path.data_path or '/'}")], status=404)
