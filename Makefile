@@ -8,7 +8,7 @@ DEB_PACKAGES := libyang2-dev libyang2-tools chromium
 STATE ?= state
 DURATION ?= 30
 
-.PHONY: setup demo test bench interop clean-state
+.PHONY: setup demo test bench interop clean-state fuzz
 
 setup: $(STAMP)
 
@@ -36,6 +36,12 @@ $(INTEROP_STAMP): interop/requirements.txt $(STAMP)
 
 interop: setup $(INTEROP_STAMP)
 	$(PY) interop/run.py
+
+# Bad-input fuzzing (README "Limits" / "Access control"): the long version of tests/test_fuzz_*.py and
+# tests/test_access.py (<= 15 min), printing reliability.inputs_tried / bad_answers in the bench format.
+fuzz: setup
+	QKDNET_FUZZ=long PYTHONPATH=tests timeout 900 $(PY) -m pytest -q -p fuzz.plugin -o addopts= --timeout 900 \
+		tests/test_fuzz_netconf.py tests/test_fuzz_rest.py tests/test_fuzz_forwarder.py tests/test_access.py
 
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -332,7 +332,8 @@ class Network(_Orchestrators):
             "state_dir": str(np.state_dir),
             "netconf": {
                 "host": self.host, "port": np.netconf_port,
-                "users": [{"username": NETCONF_USER, "password": NETCONF_PASSWORD}],
+                "users": [{"username": NETCONF_USER, "password": NETCONF_PASSWORD,
+                                       "groups": ["admin"], "recovery": True}],
             },
             "neighbours": self._neighbours(name),
         }
