@@ -103,8 +103,18 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
         loop.add_signal_handler(sig, stop.set)
     t0 = time.monotonic()
     with console.status(f"starting {len(net.nodes)} nodes of {topo.name} ..."):
+        starting = asyncio.create_task(net.start(timeout=args.timeout))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():  # SIGINT/SIGTERM while starting: stop what has started
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            console.print("[yellow]stopped while starting[/yellow]")
+            await net.stop()
+            return 130
         try:
-            await net.start(timeout=args.timeout)
+            starting.result()
         except RuntimeError as exc:
             console.print(f"[red]{exc}[/red]")
             await net.stop()
@@ -215,6 +225,9 @@ def _cmd_compare_table1(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     try:
         topo = load_topology(args.topology)
+        from .usecases_run import parse_use_cases
+
+        parse_use_cases(topo)  # README "Use cases"
     except TopologyError as exc:
         print(f"qkdnet: {exc}", file=sys.stderr)
         return 2

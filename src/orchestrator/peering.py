@@ -130,9 +130,9 @@ async def provision_cross_domain(orch: "Orchestrator", src: str, dst_ref: str, r
         if not view.get("reachable"):
             continue
         for b, spare in view.get("spare_bps", {}).items():
-            if b not in orch.model.nodes or b == src or spare < rate:
+            if b not in orch.model.nodes or spare < rate:
                 continue
-            path = shortest_feasible_path(graph, src, b, rate)
+            path = [src] if b == src else shortest_feasible_path(graph, src, b, rate)
             if path is not None and (best is None or len(path) < best[0]):
                 best = (len(path), domain, path)
     if best is None:
@@ -147,8 +147,9 @@ async def provision_cross_domain(orch: "Orchestrator", src: str, dst_ref: str, r
             "rate_bps": rate, "max_rate_bps": max_rate, "saes": list(saes), "applications": list(apps),
             "origin_domain": orch.domain}
     await orch.peers.request(domain, "POST", "/segments", body)
-    seg = Segment(qkdl_id_for(rid, 0), path, rate, src, border)
-    route = Route(rid, src, border, saes, rate, max_rate, [seg], apps, peer_domain=domain, origin=True,
+    # from a border node itself, the peer's segment is the whole route: nothing to write here
+    segs = [Segment(qkdl_id_for(rid, 0), path, rate, src, border)] if len(path) > 1 else []
+    route = Route(rid, src, border, saes, rate, max_rate, segs, apps, peer_domain=domain, origin=True,
                   stitch=border, peer_dst=dst_ref)
     try:
         await orch._apply(None, route)
