@@ -157,6 +157,20 @@ def test_cross_domain_route_deleted_and_provisioned_over_rest(domains: UpNetwork
         assert st == 200 and got["keys"] == body["keys"]
 
 
+def test_a_route_from_the_border_node_into_the_other_domain(domains: UpNetwork) -> None:
+    st, r = api(f"{domains.url('west')}/routes", "POST", {"src": "gw", "dst": "bob", "rate_bps": 1000})
+    assert st == 201, r
+    assert r["paths"] == [] and r["peer_domain"] == "east" and r["border"] == "gw"  # nothing west writes
+    st, e = api(f"{domains.url('east')}/routes/{r['id']}")
+    assert st == 200 and e["paths"][0]["nodes"][0] == "gw" and e["paths"][0]["nodes"][-1] == "bob"
+    q = e["paths"][0]["qkdl_id"]
+    assert q in virt_links(domains.endpoint("gw")) and q in virt_links(domains.endpoint("bob"))
+    st, _ = api(f"{domains.url('west')}/routes/{r['id']}", "DELETE")
+    assert st == 200
+    assert api(f"{domains.url('east')}/routes/{r['id']}")[0] == 404
+    assert q not in virt_links(domains.endpoint("gw"))
+
+
 def test_a_domain_heals_its_own_segment_alone(domains: UpNetwork) -> None:
     import subprocess
     import sys
