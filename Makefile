@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEB_PACKAGES := libyang2-dev libyang2-tools chromium
 STATE ?= state
-DURATION ?= 30
+DURATION ?= 60
 
 .PHONY: setup demo test bench interop clean-state fuzz
 
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 # The main job: boot a network from the default topology and show it working.
 demo: setup
-	$(VENV)/bin/qkdnet up --topology examples/two-nodes.yaml --state-dir $(STATE)/demo --duration $(DURATION)
+	$(VENV)/bin/qkdnet up --state-dir $(STATE)/demo --duration $(DURATION)
 
 test: setup
 	$(PY) -m pytest -q

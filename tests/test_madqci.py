@@ -22,7 +22,7 @@ import yaml
 
 from qkdnode.devices.physics import link_performance
 from qkdnode.devices.profiles import profile_by_name
-from test_orchestrator_helpers import ROOT, UpNetwork, api, dec_keys, enc_keys, qkdnet_up, wait_for
+from test_orchestrator_helpers import ROOT, UpNetwork, api, dec_keys, enc_keys, env_without_proxy, qkdnet_up, wait_for
 
 TOPOLOGY = ROOT / "topologies" / "madqci.yaml"
 SPEED_OF_LIGHT = 299_792_458.0
@@ -310,3 +310,62 @@ def test_every_declared_route_carries_keys_between_its_saes(madqci: UpNetwork) -
         body = wait_for(fetched, 60, f"a key over route {route['name']}", interval=1.0)
         st, got = dec_keys(net, sae_node[b], b, a, [k["key_ID"] for k in body["keys"]])
         assert st == 200 and got["keys"] == body["keys"], route["name"]
+
+
+@pytest.mark.timeout(420)
+def test_qkdnet_up_serves_every_use_case_end_to_end(madqci: UpNetwork) -> None:
+    """`qkdnet up` runs the twin's use cases once after the routes are installed (30 s of traffic):
+    each writes DIR/usecases/NAME.json; every one must be served, with its Table 2 metric measured
+    and equal to the nodes' Prometheus counts for its window."""
+    import json
+
+    names = [u["name"] for u in load_yaml()["use_cases"]]
+    assert names == ["uc1-encryptors", "uc2-hybrid", "uc3-opot", "uc4-cloud"]
+    paths = {n: madqci.state / "usecases" / f"{n}.json" for n in names}
+    wait_for(lambda: all(p.exists() for p in paths.values()), 150, "the use cases' results", interval=1.0)
+    for name, path in paths.items():
+        r = json.loads(path.read_text())
+        assert r["served"], (name, r["reason"])
+        assert r["mismatches"] == [] and r["prometheus"] == r["client"] and r["prometheus"], name
+        assert r["metrics"] and all(m["value"] > 0 for k, m in r["metrics"].items()
+                                    if k in ("throughput", "rekeys", "requests_per_s", "keys_per_s")), (name, r["metrics"])
+
+
+@pytest.mark.timeout(420)
+def test_every_node_and_orchestrator_exports_metrics(madqci: UpNetwork) -> None:
+    import urllib.request
+
+    def scrape(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+            return r.read().decode()
+
+    for name, node in madqci.net["nodes"].items():
+        text = scrape(node["metrics_url"])
+        for metric in ("qkd_link_skr_bps", "qkd_keystore_available_bits", "qkd_netconf_sessions"):
+            assert f'{metric}{{' in text and f'node="{name}"' in text, (name, metric)
+        skr = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("qkd_link_skr_bps{")]
+        assert skr and max(skr) > 0, name
+    for domain in madqci.net["orchestrators"]:
+        text = scrape(f"{madqci.url(domain)}/metrics")
+        assert "qkd_orch_routes{" in text and f'domain="{domain}"' in text
+
+
+@pytest.mark.timeout(420)
+def test_qkdnet_status_prints_links_routes_and_use_cases(madqci: UpNetwork) -> None:
+    import subprocess
+    import sys
+
+    wait_for(lambda: len(list((madqci.state / "usecases").glob("*.json"))) == 4, 150, "the use cases' results",
+             interval=1.0)
+    out = subprocess.run([sys.executable, "-m", "orchestrator.netctl", "status", "--state-dir", str(madqci.state)],
+                         capture_output=True, text=True, timeout=120, env={**env_without_proxy(), "COLUMNS": "250"})
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for title in ("QKD links", "key routes", "use cases"):
+        assert title in text, text
+    assert "norte - quevedo" in text or "quevedo - norte" in text
+    for name in ("uc1-encryptors", "uc2-hybrid", "uc3-opot", "uc4-cloud"):
+        line = next(ln for ln in text.splitlines() if name in ln)
+        assert "yes" in line, line
+    assert "[redimadrid]" in text and "[telefonica]" in text  # uc1's route: one segment per domain

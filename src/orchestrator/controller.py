@@ -473,6 +473,12 @@ class Orchestrator:
                                           for a, b, d in phys.edges(data=True) if d.get("kind") == "fibre"]},
         }
 
+    def _technology(self, ln: Any) -> str | None:
+        """The 015 qkdi_type of a PHYS link's local interface (e.g. DV-QKD, CV-QKD)."""
+        view = self.model.nodes.get(ln.local_node or "")
+        iface = view.interfaces.get(ln.local_qkdi) if view is not None and ln.local_qkdi is not None else None
+        return iface.technology if iface is not None else None
+
     def links_json(self) -> dict[str, Any]:
         names = self.names()
         phys = []
@@ -481,7 +487,8 @@ class Orchestrator:
             phys.append({"qkdl_id": qkdl_id, "a": names.get(ln.local_node or "", ln.local_node),
                          "b": names.get(ln.remote_node or "", ln.remote_node), "up": self.model.link_up(views),
                          "skr_bps": self.model.link_skr(views), "qber_percent": ln.qber,
-                         "channel_att_db": ln.channel_att, "reported_by": [names.get(x.local_node or "", "?") for x in views]})
+                         "channel_att_db": ln.channel_att, "technology": self._technology(ln),
+                         "reported_by": [names.get(x.local_node or "", "?") for x in views]})
         virt = []
         for q, v in sorted(self.model.nodes.items(), key=lambda kv: kv[1].name):
             for vl in v.virt.values():

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .launcher import Network
+from .liveview import network_view
 from .nodeclient import NetconfEndpoint, connect, node_summary
 from .topology import TopologyError, load_topology
 
@@ -102,10 +103,11 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     t0 = time.monotonic()
-    with console.status(f"starting {len(net.nodes)} nodes of {topo.name} ..."):
+    with console.status(f"starting {len(net.nodes)} nodes of {topo.name} ...") as progress:
         starting = asyncio.create_task(net.start(timeout=args.timeout))
         stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        while not (await asyncio.wait({starting, stopping}, timeout=0.5, return_when=asyncio.FIRST_COMPLETED))[0]:
+            progress.update(_progress(net, topo.name, time.monotonic() - t0))
         stopping.cancel()
         if not starting.done():  # SIGINT/SIGTERM while starting: stop what has started
             starting.cancel()
@@ -122,6 +124,7 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
     console.print(f"network {topo.name} up in {time.monotonic() - t0:.1f} s; state in {net.state_dir}")
     data = json.loads(net.network_json.read_text())
     console.print(await asyncio.to_thread(status_table, data))
+    console.print(await asyncio.to_thread(network_view, net.state_dir))
     for domain, orch in sorted((data.get("orchestrators") or {}).items()):
         console.print(f"orchestrator of domain {domain}: {orch['url']}")
     from .telemetry import DEFAULT_INTERVAL_S, run_sampler  # every node's /metrics -> DIR/telemetry.csv
@@ -130,6 +133,7 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
     sampler = asyncio.create_task(run_sampler(net.network_json, net.state_dir / "telemetry.csv",
                                               DEFAULT_INTERVAL_S, sampling))
     code = 0
+    live = asyncio.create_task(_live_view(console, net.state_dir))  # a terminal only: refreshed every 2 s
     try:
         t_up = time.monotonic()
         if use_cases:  # run once and print the summary; 1 (naming them) if any was not served
@@ -141,19 +145,46 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
                 pass
         else:
             await stop.wait()
+        live.cancel()
+        await asyncio.gather(live, return_exceptions=True)
         dead = net.failed()
         if dead:
             console.print(f"[red]node process(es) exited: {', '.join(dead)}[/red]")
             code = 1
         else:
             console.print(await asyncio.to_thread(status_table, data))
+            console.print(await asyncio.to_thread(network_view, net.state_dir, "(summary)"))
             for line in [] if use_cases else await asyncio.to_thread(etsi014_probe, data):
                 console.print(line)
     finally:
+        live.cancel()
         sampling.set()
         await asyncio.gather(sampler, return_exceptions=True)
         await net.stop()
     return code
+
+
+def _progress(net: Network, name: str, elapsed: float) -> str:
+    ready = sum(n.ready.is_set() for n in net.nodes.values())
+    step = (f"{ready}/{len(net.nodes)} nodes ready" if ready < len(net.nodes) else
+            "nodes ready; orchestrators discovering, building direct links and key routes")
+    return f"starting {name}: {step} ({elapsed:.0f} s)"
+
+
+async def _live_view(console: Console, state_dir: Path, interval: float = 2.0) -> None:
+    """The network view, redrawn in place while `qkdnet up` runs (only on a terminal: logs get the
+    view once when the network is up and once at the end)."""
+    if not console.is_terminal:
+        return
+    from rich.live import Live
+
+    with Live(await asyncio.to_thread(network_view, state_dir), console=console, transient=True) as live:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                live.update(await asyncio.to_thread(network_view, state_dir))
+            except (OSError, ValueError):
+                continue
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -170,7 +201,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"qkdnet: no running network in {args.state_dir} ({path} is missing)", file=sys.stderr)
         return 2
-    make_console().print(status_table(json.loads(path.read_text())))
+    console = make_console()
+    console.print(status_table(json.loads(path.read_text())))
+    console.print(network_view(Path(args.state_dir)))
     return 0
 
 
