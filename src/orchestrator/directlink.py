@@ -13,6 +13,12 @@ and installs in ONE all-or-nothing transaction (`transaction.Transaction`):
   `qkdl_local`/`qkdl_remote` (qkdn_id + qkdi_id, this end first), `phys_channel_att` = path loss,
   `phys_wavelength`, `phys_qkd_role` of this end's module.
 
+Ports follow the switch's own rule (`qkdnode.tapi.model._clash`): a module port carries one
+service; a line port (a fibre's) is shared by services whose spectra are both given and disjoint
+(WDM: e.g. a CV link on C-37 and a DV link on C-32 over one fibre); a service without a spectrum
+(O band: broadband) has its ports to itself. Among the light paths that fit the pairing's budget,
+the link takes the lowest-loss one whose ports are free or shareable (`share_refusal`).
+
 The nodes' datastores are the only record: `links_from_views` rebuilds the built links from the
 connectivity services and PHYS entries a (restarted) orchestrator discovers. The plant follows the
 cross-connects, the modules re-pair, and the PHYS link gets keys (015 `qkdl_performance`).
@@ -21,6 +27,7 @@ cross-connects, the modules re-pair, and the PHYS link gets keys (015 `qkdl_perf
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import time
@@ -92,6 +99,41 @@ def common_channel(a: Interface, b: Interface) -> int | None:
 def bands_overlap(a: Band | None, b: Band | None) -> bool:
     """None is the whole fibre, which overlaps everything."""
     return a is None or b is None or (a[0] < b[1] and b[0] < a[1])
+
+
+def band_text(band: Band | None) -> str:
+    return "the whole fibre" if band is None else f"{band[0]}-{band[1]} MHz"
+
+
+def share_refusal(line: bool, held: Band | None, wanted: Band | None) -> str | None:
+    """Why a port holding a service of spectrum `held` cannot take one more of spectrum `wanted`
+    (None: it can). The switch's rule: a module port carries one service; a line port is shared
+    only by services that both carry a spectrum, and disjoint ones."""
+    if not line:
+        return "a module port carries one service"
+    if held is None or wanted is None:
+        return (f"a line port is shared only by services with disjoint spectra (held: {band_text(held)}, "
+                f"this link: {band_text(wanted)})")
+    if bands_overlap(held, wanted):
+        return f"wavelength collision: {band_text(wanted)} overlaps {band_text(held)}"
+    return None
+
+
+MAX_PATHS = 16  # loopless light paths tried per (emitter, receiver) vertex pair when the best is busy
+
+
+def light_paths(g: nx.Graph, found: Sequence[DirectLink], limit: int = MAX_PATHS) -> list[tuple[float, tuple[str, ...]]]:
+    """(loss dB, hops) of one pairing's light paths within its budget, lowest loss first: for
+    each of its (emitter vertex, receiver vertex) pairs, the loopless paths in order of loss."""
+    out: dict[tuple[str, ...], float] = {}
+    for d in found:
+        paths = nx.shortest_simple_paths(g, d.emitter.vertex, d.receiver.vertex, weight="loss_db")
+        for hops in itertools.islice(paths, limit):
+            loss = float(sum(g.edges[u, v]["loss_db"] for u, v in zip(hops, hops[1:])))
+            if loss > d.budget_db:
+                break
+            out.setdefault(tuple(hops), round(loss, 3))
+    return sorted(((loss, hops) for hops, loss in out.items()), key=lambda x: x[0])
 
 
 # -- what a built link is ---------------------------------------------------------------------------
@@ -409,19 +451,43 @@ class DirectLinks:
                  and (d.receiver.qkdn_id, d.receiver.interface.qkdi_id) == (rq, rx.qkdi_id)]
         if not found:
             refuse(self._why_infeasible(g, tq, tx, rq, rx), 409)
-        best: DirectLink = found[0]
         e, r = End(tq, tx.qkdi_id, tx.device), End(rq, rx.qkdi_id, rx.device)
         qkdl_id = direct_link_id(e.label(), r.label())
-        try:
-            xcs = cross_connects(g, best.hops)
-        except ValueError as exc:
-            refuse(f"no usable light path from {e.label()} to {r.label()}: {exc}", 409)
-        unmanaged = [x.switch for x in xcs if x.owner not in model.nodes]
-        if unmanaged:
-            refuse(f"switch(es) {', '.join(unmanaged)} on the path are not managed by domain {self.orch.domain}", 409)
-        xcs = [replace(x, service=service_id(qkdl_id, x.switch)) for x in xcs]
         ch = common_channel(tx, rx)
-        return BuiltLink(qkdl_id, e, r, best.loss_db, str(ch) if ch is not None else None, channel_band(ch), xcs)
+
+        def on(loss: float, hops: Sequence[str]) -> BuiltLink:
+            try:
+                xcs = cross_connects(g, hops)
+            except ValueError as exc:
+                refuse(f"no usable light path from {e.label()} to {r.label()}: {exc}", 409)
+            unmanaged = [x.switch for x in xcs if x.owner not in model.nodes]
+            if unmanaged:
+                refuse(f"switch(es) {', '.join(unmanaged)} on the path are not managed by domain {self.orch.domain}", 409)
+            xcs = [replace(x, service=service_id(qkdl_id, x.switch)) for x in xcs]
+            return BuiltLink(qkdl_id, e, r, loss, str(ch) if ch is not None else None, channel_band(ch), xcs)
+
+        # the lowest-loss path (the pairing's feasibility) unless its ports are taken: then the
+        # lowest-loss one within budget whose ports are free or shareable; none: the lowest-loss
+        # path, whose conflicts `check_conflicts` reports
+        from .controller import RequestError
+
+        usable: list[BuiltLink] = []
+        first_error: RequestError | None = None
+        for loss, hops in [(found[0].loss_db, found[0].hops)] + light_paths(g, found):
+            try:
+                link = on(loss, hops)
+            except RequestError as exc:
+                first_error = first_error or exc
+                continue
+            if not self.port_problems(link):
+                return link
+            usable.append(link)
+            if len(usable) == 1 and len(found) == 1 and not self._alternatives(g, found):
+                break
+        if usable:
+            return usable[0]
+        assert first_error is not None
+        raise first_error
 
     def _why_infeasible(self, g: nx.Graph, tq: str, tx: Interface, rq: str, rx: Interface) -> str:
         eps = self.orch.model.endpoints()
