@@ -26,7 +26,7 @@ from test_orchestrator_helpers import ROOT, UpNetwork, api, dec_keys, enc_keys, 
 
 TOPOLOGY = ROOT / "topologies" / "madqci.yaml"
 SPEED_OF_LIGHT = 299_792_458.0
-SUITE_BUDGET_S = 300  # one boot of the 9-node twin with two orchestrators and 12 direct links
+SUITE_BUDGET_S = 300  # one boot of the 9-node twin with two orchestrators and 13 direct links
 DEFAULT_PROFILE = {"dv-bb84": "toshiba-bb84-t12", "dv-cow": "idq-cerberis3-cow", "cv-gg02": "hwdu-cv-gg02"}
 
 Pair = tuple[str, str]
@@ -271,11 +271,34 @@ def test_booted_twin_has_9_sites_2_domains_and_the_border_link(madqci: UpNetwork
     assert len(net["nodes"]) == 9 and set(net["orchestrators"]) == {"redimadrid", "telefonica"}
     assert set(net["nodes"]["quevedo"]["domains"]) == set(net["nodes"]["norte"]["domains"]) == {"redimadrid", "telefonica"}
     ids = {i["node_id"]: n for n, i in net["nodes"].items()}
-    st, links = api(f"{madqci.url('redimadrid')}/links")
-    assert st == 200
-    border = [p for p in links["phys"] if {p["a"], p["b"]} == {"quevedo", "norte"}]
-    assert border and all(p["up"] and p["skr_bps"] > 0 for p in border), border
     assert set(ids.values()) == set(net["nodes"])
+    # the border link 4 carries one DV (ID Quantique) and one CV (HWDU) system at once, both built
+    # through ofs-quevedo and ofs-norte on fibre L4's line ports (WDM: C-32 and C-37), both keyed
+    declared = {(d["emitter"], d["receiver"]): d["qkdl_id"] for d in net["direct_links"]}
+    dv, cv = declared[("idq-l4-tx", "idq-l4-rx")], declared[("hw-tx-norte-c37", "hw-rx-quevedo-c37")]
+    for domain in ("redimadrid", "telefonica"):
+        def border_up(d: str = domain) -> dict[str, Any] | None:
+            st, links = api(f"{madqci.url(d)}/links")
+            border = {p["qkdl_id"]: p for p in links["phys"] if {p["a"], p["b"]} == {"quevedo", "norte"}}
+            ok = st == 200 and {dv, cv} <= set(border) and all(p["up"] and p["skr_bps"] > 0 for p in border.values())
+            return border if ok else None
+
+        border = wait_for(border_up, 90, f"the border link's DV and CV PHYS links up in {domain}", interval=1.0)
+        assert set(border) == {dv, cv}, border
+        assert str(border[dv]["technology"]).startswith("DV-QKD") and border[cv]["technology"] == "CV-QKD", border
+    st, body = api(f"{madqci.url('telefonica')}/direct-links")
+    built = {b["qkdl_id"]: b for b in body["built"]}
+    xc = {q: {x["switch"]: x for x in built[q]["cross_connects"]} for q in (dv, cv)}
+    assert set(xc[dv]) == set(xc[cv]) == {"ofs-quevedo", "ofs-norte"}
+
+    def l4_port(node: str) -> int:
+        plan = yaml.safe_load((madqci.state / "nodes" / f"{node}.yaml").read_text())["switch"]["port_plan"]
+        return int(next(e["port"] for e in plan if e.get("fibre") == "L4"))
+
+    # DV Quevedo->Norte, CV Norte->Quevedo: the same line port of each switch, fibre L4's
+    assert xc[dv]["ofs-quevedo"]["out_port"] == xc[cv]["ofs-quevedo"]["in_port"] == l4_port("quevedo")
+    assert xc[dv]["ofs-norte"]["in_port"] == xc[cv]["ofs-norte"]["out_port"] == l4_port("norte")
+    assert (built[dv]["wavelength"], built[cv]["wavelength"]) == ("32", "37")
 
 
 @pytest.mark.timeout(420)

@@ -1,11 +1,13 @@
-"""Direct QKD links built by the orchestrator through the optical switches (examples/switched.yaml).
+"""Direct QKD links built by the orchestrator through the optical switches
+(tests/data/switched-wdm.yaml: examples/switched.yaml plus DV pairs and a second fibre for WDM).
 
 `qkdnet up` asks the orchestrator to build the declared link tx-a -> rx-c: a TAPI connectivity
 service on ofs-a (port 1 -> 2) and on ofs-b (port 2 -> 3), a PHYS qkd_link at a and at c with the
 same qkdl_id, in one transaction. Checked over NETCONF, on the optical plant stub (the only stubbed
 hardware), through the REST API and the CLI, and by the keys the link then carries (ETSI 015
-`qkdl_performance`, ETSI 014 between sae-a and sae-c). The network tests share one network and
-run in file order (each builds on the previous one).
+`qkdl_performance`, ETSI 014 between sae-a and sae-c). Then WDM: links on disjoint DWDM channels
+share a fibre's switch ports, an overlapping one takes another fibre, a band-less (O-band) one is
+refused. The network tests share one network and run in file order (each builds on the previous one).
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import yaml
 from lxml import etree
 
 from orchestrator.controller import Orchestrator
-from orchestrator.directlink import direct_link_id
+from orchestrator.directlink import direct_link_id, light_paths
+from orchestrator.model import Interface
+from orchestrator.routing import DirectLink, Endpoint
+from orchestrator.spectrum import channel_band, share_refusal
 from orchestrator.inventory import from_network_json
 from orchestrator.nodeclient import QKD_NS, connect
 from orchestrator.topology import TopologyError, parse_topology
@@ -39,13 +44,16 @@ NS = {"c": COMMON_NS, "cs": CONNECTIVITY_NS, "pm": PHOTONIC_NS, "q": QKD_NS}
 QKD_FILTER = f'<qkd_node xmlns="{QKD_NS}"/>'
 TAPI_FILTER = f'<context xmlns="{COMMON_NS}"/>'
 CH34 = [193_350_000, 193_450_000]  # the modules' 100 GHz DWDM channel (ait-cv-qpsk, 1550.12 nm)
+CH32 = [193_150_000, 193_250_000]  # idq-cerberis3-cow-c32
+TOPOLOGY = ROOT / "tests" / "data" / "switched-wdm.yaml"
+SUITE_BUDGET_S = 180  # one 3-node network; four direct links built, each waited for until keyed
 LOSS_A_C = 2.0 + 3.0 + 2 * 1.0  # fibres a-b, b-c and the insertion losses of ofs-a and ofs-b
 
 
 # -- the network --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpNetwork]:
-    net = qkdnet_up(ROOT / "examples" / "switched.yaml", tmp_path_factory.mktemp("directlinks") / "net")
+    net = qkdnet_up(TOPOLOGY, tmp_path_factory.mktemp("directlinks") / "net")
     try:
         yield net
     finally:
@@ -284,7 +292,7 @@ def test_a_port_held_by_another_service_refuses_the_build(up: UpNetwork) -> None
         before = snapshot(up)
         st, body = api(f"{up.url('lab')}/direct-links", "POST", {"emitter": "tx-a", "receiver": "rx-c"})
         assert st == 409 and f"port 2 of switch ofs-b at b (ofs-b/port-2/fibre-a-b) is already used by " \
-            f"connectivity-service {other}" in body["message"], body
+            f"connectivity-service {other}: wavelength collision" in body["message"], body
         assert snapshot(up) == before
     finally:
         _tapi_edit(up, "b", f'<connectivity-service xmlns:nc="{NC_NS}" nc:operation="delete"><uuid>{other}</uuid>'
@@ -293,6 +301,115 @@ def test_a_port_held_by_another_service_refuses_the_build(up: UpNetwork) -> None
         api(f"{up.url('lab')}/direct-links", "POST", {"emitter": "tx-a", "receiver": "rx-c"})), 30, "built again")
     assert body["qkdl_id"] == qkdl_id and body["switches"] == ["ofs-a", "ofs-b"]
     wait_for(lambda: (phys(up, "c", qkdl_id) or {}).get("skr"), 60, "skr of the rebuilt link at c")
+
+
+def xcs(up: UpNetwork, switch: str) -> set[tuple[frozenset[int], tuple[int, ...]]]:
+    """A switch's cross-connects on the plant: (its two ports, its band)."""
+    return {(frozenset(e[:2]), tuple(e[2:])) for e in cross_connects(up, switch)}
+
+
+def build(up: UpNetwork, emitter: str, receiver: str) -> tuple[int, Any]:
+    return api(f"{up.url('lab')}/direct-links", "POST", {"emitter": emitter, "receiver": receiver})
+
+
+def keyed(up: UpNetwork, qkdl_id: str, nodes: tuple[str, str]) -> None:
+    for node in nodes:
+        wait_for(lambda n=node: (phys(up, n, qkdl_id) or {}).get("skr"), 90, f"skr of {qkdl_id} at {node}")
+
+
+@pytest.mark.timeout(240)
+def test_links_on_disjoint_channels_share_a_line_port(up: UpNetwork) -> None:
+    """tx-d32 -> rx-d32 (ch 32) crosses line port 2 of ofs-a and of ofs-b, which tx-a -> rx-c
+    (ch 34) holds: disjoint spectra, so both links hold it, both light their receivers and carry keys."""
+    cv = declared(up)
+    st, body = build(up, "tx-d32", "rx-d32")
+    assert st == 201, body
+    dv = body["qkdl_id"]
+    assert body["loss_db"] == pytest.approx(4.0) and body["spectrum_mhz"] == CH32
+    assert [(x["switch"], x["in_port"], x["out_port"]) for x in body["cross_connects"]] == [
+        ("ofs-a", 3, 2), ("ofs-b", 2, 4)]
+    on_a = {s["names"]["qkdl_id"]: s for s in services(up, "a").values()}
+    assert set(on_a) == {cv, dv}
+    assert on_a[cv]["end_points"]["rx"] == on_a[dv]["end_points"]["rx"] == sip(up, "a", 2)  # one line port, two services
+    assert on_a[dv]["bands"] == {tuple(CH32)} and on_a[cv]["bands"] == {tuple(CH34)}
+    wait_for(lambda: xcs(up, "ofs-a") == {(frozenset((1, 2)), tuple(CH34)), (frozenset((3, 2)), tuple(CH32))}, 10, "ofs-a WDM")
+    wait_for(lambda: xcs(up, "ofs-b") == {(frozenset((2, 3)), tuple(CH34)), (frozenset((2, 4)), tuple(CH32))}, 10, "ofs-b WDM")
+    assert light(up, "tx-d32")["receiver"] == "rx-d32" and light(up, "tx-d32")["loss_db"] == pytest.approx(4.0)
+    assert light(up, "tx-a")["receiver"] == "rx-c"
+    keyed(up, dv, ("a", "b"))
+    keyed(up, cv, ("a", "c"))
+
+
+@pytest.mark.timeout(240)
+def test_an_overlapping_channel_takes_the_lowest_loss_free_path(up: UpNetwork) -> None:
+    """tx-d34 -> rx-d34 is on ch 34, which tx-a -> rx-c holds on fibre a-b's ports: the switch
+    would refuse the overlap, so the link goes over fibre a-b-2 (4.5 dB instead of 4.0 dB)."""
+    st, body = build(up, "tx-d34", "rx-d34")
+    assert st == 201, body
+    d34 = body["qkdl_id"]
+    assert body["loss_db"] == pytest.approx(4.5)
+    assert [(x["switch"], x["in_port"], x["out_port"]) for x in body["cross_connects"]] == [
+        ("ofs-a", 4, 6), ("ofs-b", 7, 5)]
+    wait_for(lambda: light(up, "tx-d34")["receiver"] == "rx-d34", 10, "tx-d34 lit over a-b-2")
+    assert light(up, "tx-d34")["loss_db"] == pytest.approx(4.5)
+    # the lowest-loss pairing stays what GET /direct-links lists (feasibility: 4.0 dB)
+    st, listed = api(f"{up.url('lab')}/direct-links")
+    (p,) = [d for d in listed["direct_links"] if (d["emitter"]["device"], d["receiver"]["device"]) == ("tx-d34", "rx-d34")]
+    assert p["loss_db"] == pytest.approx(4.0) and p["built"] and p["qkdl_id"] == d34
+    # asking again returns the built link, on the same path
+    st, again = build(up, "tx-d34", "rx-d34")
+    assert st == 200 and again["qkdl_id"] == d34 and again["cross_connects"] == body["cross_connects"]
+    keyed(up, d34, ("a", "b"))
+
+
+@pytest.mark.timeout(120)
+def test_a_band_less_link_shares_no_line_port(up: UpNetwork) -> None:
+    """tx-o -> rx-o is O band (no DWDM channel: a broadband cross-connect): fibre a-b's ports hold
+    ch 32 and ch 34, a-b-2's hold ch 34; it may share neither, so it is refused, nothing changed."""
+    before = snapshot(up)
+    xc_before = {s: xcs(up, s) for s in ("ofs-a", "ofs-b")}
+    st, body = build(up, "tx-o", "rx-o")
+    assert st == 409, body
+    msg = body["message"]
+    for part in ("port 2 of switch ofs-a at a (ofs-a/port-2/fibre-a-b) is already used by direct link",
+                 "port 2 of switch ofs-b at b (ofs-b/port-2/fibre-a-b)",
+                 "a line port is shared only by services with disjoint spectra", "this link: the whole fibre"):
+        assert part in msg, msg
+    assert snapshot(up) == before and {s: xcs(up, s) for s in ("ofs-a", "ofs-b")} == xc_before
+    assert light(up, "tx-o")["receiver"] is None
+
+
+# -- pure pieces (no network) -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("line", "held", "wanted", "refused"), [
+    (True, CH34, CH32, None),                           # WDM: disjoint channels share a fibre's port
+    (True, CH32, CH34, None),
+    (True, CH34, CH34, "wavelength collision"),         # the same channel
+    (True, CH34, [193_400_000, 193_500_000], "wavelength collision"),  # a partial overlap
+    (True, None, CH34, "shared only by services with disjoint spectra"),  # broadband (O band) holds it
+    (True, CH34, None, "shared only by services with disjoint spectra"),  # broadband wants it
+    (True, None, None, "shared only by services with disjoint spectra"),
+    (False, CH34, CH32, "a module port carries one service"),
+])
+def test_share_refusal_is_the_switch_rule(line: bool, held: list[int] | None, wanted: list[int] | None,
+                                          refused: str | None) -> None:
+    got = share_refusal(line, tuple(held) if held else None, tuple(wanted) if wanted else None)  # type: ignore[arg-type]
+    assert got is None if refused is None else (got is not None and refused in got)
+    assert channel_band(34) == tuple(CH34) and channel_band(32) == tuple(CH32) and channel_band(None) is None
+
+
+def test_light_paths_are_the_budgets_loopless_paths_lowest_loss_first() -> None:
+    import networkx as nx
+
+    g = nx.Graph()
+    for u, v, loss in [("t", "s1", 0.5), ("s1", "x", 2.0), ("x", "s2", 0.5), ("s1", "y", 2.5), ("y", "s2", 0.5),
+                       ("s1", "z", 9.0), ("z", "s2", 0.5), ("s2", "r", 0.5)]:
+        g.add_edge(u, v, loss_db=loss)
+    iface = Interface(1, "DV-QKD", "TRANSMITTER")
+    found = [DirectLink(Endpoint("q1", iface, "t"), Endpoint("q2", iface, "r"), 3.5, 8.0,
+                        ("t", "s1", "x", "s2", "r"))]
+    # via z: 10.5 dB, over the 8 dB budget
+    assert light_paths(g, found) == [(3.5, ("t", "s1", "x", "s2", "r")), (4.0, ("t", "s1", "y", "s2", "r"))]
+    assert light_paths(g, found, limit=1) == [(3.5, ("t", "s1", "x", "s2", "r"))]
 
 
 # -- the topology contract (no network) ---------------------------------------------------------------------

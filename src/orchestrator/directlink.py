@@ -34,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, NoReturn
 from xml.sax.saxutils import escape
@@ -43,6 +43,7 @@ import networkx as nx
 
 from .model import QKD_NS, TYPES_NS, Interface, NodeView
 from .routing import DirectLink, _channels, direct_links, wavelength_ok
+from .spectrum import Band, channel_band, common_channel, share_refusal
 from .transaction import NodeEdit, Transaction
 
 if TYPE_CHECKING:
@@ -55,12 +56,9 @@ TAPI_CONNECTIVITY_NS = "urn:onf:otcc:yang:tapi-connectivity"
 TAPI_PHOTONIC_NS = "urn:onf:otcc:yang:tapi-photonic-media"
 QKDL_NAME = "qkdl_id"  # TAPI name (value-name) of a service: the PHYS link it lights
 HOP_NAME = "qkdl_hop"  # TAPI name: index of the switch along the light path
-GRID_ORIGIN_MHZ = 190_000_000  # ITU-T G.694.1: channel n at 190 THz + n x 100 GHz
-GRID_STEP_MHZ = 100_000
 EMITTER_ROLES = ("TRANSMITTER", "TRANSCEIVER")
 RECEIVER_ROLES = ("RECEIVER", "TRANSCEIVER")
 
-Band = tuple[int, int]  # [lower, upper) MHz
 ModuleKey = tuple[str, int]  # (qkdn_id, qkdi_id)
 
 
@@ -78,45 +76,6 @@ def direct_link_id(emitter: str, receiver: str) -> str:
 
 def service_id(qkdl_id: str, switch: str) -> str:
     return str(uuid.uuid5(DIRECT_LINK_NAMESPACE, f"service|{qkdl_id}|{switch}"))
-
-
-def channel_band(channel: int | None) -> Band | None:
-    """The 100 GHz DWDM channel as a TAPI spectrum; None (broadband) off the grid."""
-    if channel is None:
-        return None
-    centre = GRID_ORIGIN_MHZ + channel * GRID_STEP_MHZ
-    return (centre - GRID_STEP_MHZ // 2, centre + GRID_STEP_MHZ // 2)
-
-
-def common_channel(a: Interface, b: Interface) -> int | None:
-    ca, cb = _channels(a.wavelength), _channels(b.wavelength)
-    if ca is None or cb is None:
-        return None
-    both = sorted(ca & cb)
-    return both[0] if both else None
-
-
-def bands_overlap(a: Band | None, b: Band | None) -> bool:
-    """None is the whole fibre, which overlaps everything."""
-    return a is None or b is None or (a[0] < b[1] and b[0] < a[1])
-
-
-def band_text(band: Band | None) -> str:
-    return "the whole fibre" if band is None else f"{band[0]}-{band[1]} MHz"
-
-
-def share_refusal(line: bool, held: Band | None, wanted: Band | None) -> str | None:
-    """Why a port holding a service of spectrum `held` cannot take one more of spectrum `wanted`
-    (None: it can). The switch's rule: a module port carries one service; a line port is shared
-    only by services that both carry a spectrum, and disjoint ones."""
-    if not line:
-        return "a module port carries one service"
-    if held is None or wanted is None:
-        return (f"a line port is shared only by services with disjoint spectra (held: {band_text(held)}, "
-                f"this link: {band_text(wanted)})")
-    if bands_overlap(held, wanted):
-        return f"wavelength collision: {band_text(wanted)} overlaps {band_text(held)}"
-    return None
 
 
 MAX_PATHS = 16  # loopless light paths tried per (emitter, receiver) vertex pair when the best is busy
@@ -307,6 +266,31 @@ def _sip_port(view: NodeView, sip: str) -> int | None:
     return next((int(m.group(1)) for v in names.values() if (m := _PORT.search(v))), None)
 
 
+def _sip_kind(view: NodeView, sip: str) -> tuple[str, bool]:
+    """(label, is a line port) of a switch port's SIP: `SWITCH/port-N/fibre-F` is a fibre's
+    (line) port, `SWITCH/port-N/MODULE` a module's."""
+    names = view.tapi.sips.get(sip, {}) if view.tapi is not None else {}
+    label = next(iter(names.values()), sip)
+    devices = {i.device for i in view.interfaces.values() if i.device}
+    line = any("/fibre-" in v and v.rsplit("/", 1)[-1] not in devices for v in names.values())
+    return label, line
+
+
+def _service_band(view: NodeView, svc: Mapping[str, Any]) -> Band | None:
+    """The spectrum a service holds on its ports; None (the whole fibre) when an end-point gives
+    none, they differ, or a module it joins has no DWDM channel (the switch makes it broadband)."""
+    bands = {ep.get("band") for ep in svc.get("end_points", [])}
+    if len(bands) != 1 or None in bands:
+        return None
+    for ep in svc.get("end_points", []):
+        names = view.tapi.sips.get(str(ep.get("sip")), {}) if view.tapi is not None else {}
+        tails = {v.rsplit("/", 1)[-1] for v in names.values()}
+        if any(i.device in tails and _channels(i.wavelength) is None for i in view.interfaces.values()):
+            return None
+    band = next(iter(bands))
+    return (int(band[0]), int(band[1])) if band is not None else None
+
+
 def _switch_name(view: NodeView) -> str:
     if view.tapi is not None:
         for n in view.tapi.nodes.values():
@@ -471,9 +455,13 @@ class DirectLinks:
         # path, whose conflicts `check_conflicts` reports
         from .controller import RequestError
 
-        usable: list[BuiltLink] = []
+        def candidates() -> Iterator[tuple[float, tuple[str, ...]]]:
+            yield found[0].loss_db, found[0].hops
+            yield from ((loss, hops) for loss, hops in light_paths(g, found) if hops != found[0].hops)
+
+        fallback: BuiltLink | None = None
         first_error: RequestError | None = None
-        for loss, hops in [(found[0].loss_db, found[0].hops)] + light_paths(g, found):
+        for loss, hops in candidates():
             try:
                 link = on(loss, hops)
             except RequestError as exc:
@@ -481,11 +469,9 @@ class DirectLinks:
                 continue
             if not self.port_problems(link):
                 return link
-            usable.append(link)
-            if len(usable) == 1 and len(found) == 1 and not self._alternatives(g, found):
-                break
-        if usable:
-            return usable[0]
+            fallback = fallback or link
+        if fallback is not None:
+            return fallback
         assert first_error is not None
         raise first_error
 
@@ -509,8 +495,8 @@ class DirectLinks:
         return f"{pair}: the light path loses {best:.2f} dB, over the loss budget of {budget:.2f} dB"
 
     def check_conflicts(self, link: BuiltLink, ignore: str | None = None) -> None:
-        """Refuse (409) when an end module is in another built link or a port on the path is used."""
-        names = self.orch.names()
+        """Refuse (409) when an end module is in another built link or a port on the path is used
+        in a way the switch would refuse (`share_refusal`)."""
         built = {q: bl for q, bl in self.built().items() if q not in (link.qkdl_id, ignore)}
         problems: list[str] = []
         for end in link.ends():
@@ -523,30 +509,40 @@ class DirectLinks:
                             and any({(x.local_node, x.local_qkdi), (x.remote_node, x.remote_qkdi)} == ends for x in views)})
         problems += [f"{link.emitter.label()} and {link.receiver.label()} already have PHYS link {q} "
                      "(a static pair or one made by hand)" for q in same_pair]
-        by_service = {xc.service: bl for bl in built.values() for xc in bl.cross_connects}
+        problems += self.port_problems(link, ignore)
+        if problems:
+            refuse(f"direct link {link.emitter.label()} -> {link.receiver.label()} refused: " + "; ".join(problems), 409)
+
+    def port_problems(self, link: BuiltLink, ignore: str | None = None) -> list[str]:
+        """Why the switch ports of the link's path cannot take it (empty: free or shareable)."""
+        names = self.orch.names()
+        by_service = {xc.service: bl for q, bl in self.built().items() if q not in (link.qkdl_id, ignore)
+                      for xc in bl.cross_connects}
+        problems: list[str] = []
         for xc in link.cross_connects:
             view = self.orch.model.nodes.get(xc.owner)
             if view is None or view.tapi is None:
                 continue
             for svc in view.tapi.services.values():
-                if svc["uuid"] == xc.service:
+                lights = svc.get("names", {}).get(QKDL_NAME)
+                if svc["uuid"] == xc.service or (lights and lights in (link.qkdl_id, ignore)):
                     continue
+                held = _service_band(view, svc)
                 for ep in svc.get("end_points", []):
                     sip = ep.get("sip")
                     if sip not in (xc.in_sip, xc.out_sip):
                         continue
-                    label = next(iter(view.tapi.sips.get(str(sip), {}).values()), str(sip))
-                    line = "/fibre-" in label
-                    if line and not bands_overlap(ep.get("band"), link.band):
+                    label, line = _sip_kind(view, str(sip))
+                    why = share_refusal(line, held, link.band)
+                    if why is None:
                         continue  # WDM: disjoint spectra share a line port
                     port = xc.in_port if sip == xc.in_sip else xc.out_port
                     bl = by_service.get(svc["uuid"])
                     user = (f"direct link {bl.qkdl_id} ({bl.emitter.label()} -> {bl.receiver.label()})" if bl
                             else f"connectivity-service {svc['uuid']}")
                     problems.append(f"port {port} of switch {xc.switch} at {names.get(xc.owner, xc.owner)} "
-                                    f"({label}) is already used by {user}")
-        if problems:
-            refuse(f"direct link {link.emitter.label()} -> {link.receiver.label()} refused: " + "; ".join(problems), 409)
+                                    f"({label}) is already used by {user}: {why}")
+        return problems
 
     def _nodes(self, link: BuiltLink) -> list[str]:
         ids = {link.emitter.qkdn_id, link.receiver.qkdn_id} | {xc.owner for xc in link.cross_connects}

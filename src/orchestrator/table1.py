@@ -62,7 +62,7 @@ TABLE1: tuple[PaperRow, ...] = (
     _hw("3 (Quijote->Quevedo)", "C-38", 2.25, "quijote", "quevedo"),
     _hw("3 (Quevedo->Quijote)", "C-37", 11.0, "quevedo", "quijote"),
     _hw("3 (Quevedo->Quijote)", "C-38", 7.8, "quevedo", "quijote"),
-    PaperRow("4", "ID Quantique", "DV", "O", 1.4, 4.2, "idq-l4-tx", "idq-l4-rx"),
+    PaperRow("4", "ID Quantique", "DV", "O", 1.4, 4.2, "idq-l4-tx", "idq-l4-rx", "twin: C-32, shares L4 with the HWDU link"),
     _hw("4 (Quevedo->Norte)", "C-37", 8.7, "quevedo", "norte"),
     _hw("4 (Quevedo->Norte)", "C-38", 12.0, "quevedo", "norte"),
     _hw("4 (Norte->Quevedo)", "C-37", 9.0, "norte", "quevedo"),
