@@ -8,7 +8,7 @@ DEB_PACKAGES := libyang2-dev libyang2-tools chromium
 STATE ?= state
 DURATION ?= 60
 
-.PHONY: setup demo test bench interop clean-state fuzz
+.PHONY: setup demo test bench interop clean-state fuzz soak crash
 
 setup: $(STAMP)
 
@@ -48,3 +48,15 @@ bench: setup
 
 clean-state:
 	rm -rf $(STATE)
+
+# Reliability, long versions (README "Reliability"): `make crash` SIGKILLs nodes of a running chain
+# CYCLES times under ETSI 014 load and relays; `make soak` runs it too, then the MadQCI twin for
+# DURATION seconds (default 600 here), and prints bench-format figures (reliability.*, soak.*).
+CYCLES ?= 100
+crash: setup
+	$(PY) -m reliability.crash --cycles $(CYCLES)
+
+soak: DURATION = 600
+soak: setup
+	$(PY) -m reliability.crash --cycles $(CYCLES); c=$$?; \
+	$(PY) -m reliability.soak --duration $(DURATION); s=$$?; exit $$(( c || s ))

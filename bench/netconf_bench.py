@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from qkdnode.netconf.framing import FrameDecoder, Framing, encode  # noqa: E402
+from qkdnode.netconf.nacm import default_config_xml  # noqa: E402
 
 NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
 QKD = "urn:etsi:qkd:yang:etsi-qkd-node"
@@ -41,8 +42,10 @@ def seed_running(state: Path, node_id: str, links: int) -> None:
         for i in range(links)
     )
     state.mkdir(parents=True, exist_ok=True)
+    # a node's running datastore holds its RFC 8341 /nacm (the bench's user is in group admin)
     (state / "running.xml").write_text(
         f'<qkd_node xmlns="{QKD}"><qkdn_id>{node_id}</qkdn_id><qkd_links>{body}</qkd_links></qkd_node>'
+        + default_config_xml({"admin": ["admin"]})
     )
 
 
