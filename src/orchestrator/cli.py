@@ -30,6 +30,8 @@ from .netctl import make_console
 
 # -- serve ------------------------------------------------------------------------------------------
 async def _serve(args: argparse.Namespace) -> int:
+    from qkdnode.eventloop import HARD_STOP_S, Shutdown, arm_hard_stop  # life cycle only, no key plane
+
     from .api import serve
     from .controller import Orchestrator
     from .session import WireRecorder
@@ -44,8 +46,14 @@ async def _serve(args: argparse.Namespace) -> int:
     orch = Orchestrator(inv, recorder=recorder, poll_interval=args.poll)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop() -> None:  # bounded: gone HARD_STOP_S after the first signal, even while starting
+        if not stop.is_set():
+            stop.set()
+            arm_hard_stop(HARD_STOP_S)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop)
     runner, port = await serve(orch, args.host, args.port)
     url = f"http://{args.host}:{port}"
     logging.getLogger(__name__).info("domain %s: REST API on %s, %d nodes", inv.domain, url, len(inv.nodes))
@@ -53,9 +61,10 @@ async def _serve(args: argparse.Namespace) -> int:
         await orch.start()
         print(f"READY {inv.domain} {url}", flush=True)
         await stop.wait()
-    finally:
-        await asyncio.wait_for(runner.cleanup(), 5)
-        await asyncio.wait_for(orch.stop(), 10)
+    finally:  # ordered and bounded: the REST API stops accepting, then sessions and tasks (README "Stopping a network")
+        sd = Shutdown(f"orchestrator {inv.domain}", HARD_STOP_S - 1.0)
+        await sd.step("REST API", runner.cleanup(), 2.5)
+        await sd.step("controller", orch.stop())
         if recorder is not None:
             recorder.close()
     return 0

@@ -1,4 +1,5 @@
-"""Start a network from a topology file: one `qkdnode run` process per node, all in our group.
+"""Start a network from a topology file: one `qkdnode run` process per node, each in its own
+process group, all stopped with the launcher, even when it is killed (reaper.py).
 
 Writes every node's config file into the state dir (neighbours' addresses filled in, so any node
 can also be started by hand), picks free ports, waits until every node listens and then writes
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
+import random
 import socket
 import sys
 import time
@@ -24,26 +25,52 @@ import yaml
 from .nodeclient import QKD_NS, NetconfEndpoint
 from .nodeclient import connect as netconf_connect
 from .plant import plan_plant
+from .reaper import reaper, spawn, terminate
 from .topology import ModuleSpec, RouteSpec, Topology
 
 NETCONF_USER = "admin"
 NETCONF_PASSWORD = "admin"
+#: seconds `qkdnet up` gives its children between SIGTERM and SIGKILL (README "Stopping a network");
+#: their own hard stop (qkdnode.eventloop.HARD_STOP_S, 5 s) comes first
+ORCHESTRATOR_GRACE_S = 3.0
+NODE_GRACE_S = 6.0
+SERVICE_GRACE_S = 2.0  # plant stub and QRNG: no durable state, stopped after the nodes
 
 
 _HANDED_OUT: set[int] = set()
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return lo, hi
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A free TCP port, never the same one twice in this process: the kernel may hand a port that
-    was just probed and closed out again, and two services of a network must not share one."""
-    for _ in range(1000):
+    """A free TCP port for a service of the network, never the same one twice in this process.
+
+    The port is planned now and bound later by another process, so it is taken from below the
+    kernel's ephemeral range: outgoing connections (of this network's own processes, among
+    others) get their local ports from that range and would otherwise steal a planned port
+    before its service binds it. The scan starts at a random place so that several networks on
+    one machine rarely probe the same ports."""
+    lo, _ = _ephemeral_range()
+    first, last = 10000, max(10001, lo - 1)
+    start = random.randrange(first, last)
+    for i in range(last - first):
+        port = first + (start - first + i) % (last - first)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
-    raise RuntimeError("no free TCP port left")
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port left in {first}-{last}")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -136,7 +163,7 @@ class _Orchestrators:
         for domain, port in ports.items():
             peers = [a for d, u in urls.items() if d != domain for a in ("--peer", f"{d}={u}")]
             log = open(self.state_dir / "logs" / f"orchestrator-{domain}.log", "ab")
-            self.orch_procs[domain] = await asyncio.create_subprocess_exec(
+            self.orch_procs[domain] = await spawn(
                 sys.executable, "-m", "orchestrator.cli", "serve", "--inventory", str(inventory), "--domain", domain,
                 "--host", self.host, "--port", str(port), *peers,
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
@@ -173,19 +200,8 @@ class _Orchestrators:
                 body["path"] = list(route.path)  # pinned as declared; across domains each domain chooses
             await asyncio.to_thread(_post_route, f"{self.orch_urls[domain]}/routes", body, timeout)
 
-    async def stop_orchestrators(self: Any, grace: float = 5.0) -> None:
-        procs = [p for p in getattr(self, "orch_procs", {}).values() if p.returncode is None]
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                await asyncio.wait_for(p.wait(), grace)
-            except asyncio.TimeoutError:
-                p.kill()
-                await p.wait()
+    async def stop_orchestrators(self: Any, grace: float = ORCHESTRATOR_GRACE_S) -> None:
+        await terminate(list(getattr(self, "orch_procs", {}).values()), grace)
 
 
 DEFAULT_ROUTE_BPS = 10_000
@@ -279,7 +295,7 @@ class Network(_Orchestrators):
             per_node[m.node] = per_node.get(m.node, 0) + 1
             self.module_plan[m.name] = {
                 "qkdi_id": per_node[m.node],
-                "keysource_port": free_port(self.host),
+                "keysource_port": 0,  # the node's KMS is its only client: bound to any port, no plan
                 "channel_port": free_port(self.host) if m.role == "receiver" else None,
             }
 
@@ -359,7 +375,7 @@ class Network(_Orchestrators):
     # -- processes ------------------------------------------------------------------------------
     async def _start_fabric(self) -> None:
         log = open(self.state_dir / "logs" / "fabric.log", "ab")
-        self.fabric_proc = await asyncio.create_subprocess_exec(
+        self.fabric_proc = await spawn(
             sys.executable, "-m", "qkdnode.devices.fabric", "--plant", str(self.state_dir / "plant.json"),
             "--host", self.host, "--port", str(self.fabric_port),
             stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
@@ -371,11 +387,12 @@ class Network(_Orchestrators):
             raise RuntimeError(f"the optical plant stub did not start (see {self.state_dir / 'logs' / 'fabric.log'})")
 
     async def start(self, timeout: float = 60.0) -> None:
+        reaper(self.state_dir / "logs" / "reaper.log")  # children die with us, even on SIGKILL (reaper.py)
         await self._start_fabric()
         await self._start_qrng()
         for np in self.nodes.values():
             log = open(self.state_dir / "logs" / f"{np.name}.log", "ab")
-            np.proc = await asyncio.create_subprocess_exec(
+            np.proc = await spawn(
                 sys.executable, "-m", "qkdnode.cli", "run", "--config", str(np.config_path),
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
             )
@@ -437,26 +454,14 @@ class Network(_Orchestrators):
     def write_network_json(self) -> None:
         write_json_atomic(self.network_json, self.network_data())
 
-    async def stop(self, grace: float = 8.0) -> None:
-        await self.stop_orchestrators()  # first: they must not see the nodes go as failures
-        procs = [np.proc for np in self.nodes.values() if np.proc is not None and np.proc.returncode is None]
-        if self.fabric_proc is not None and self.fabric_proc.returncode is None:
-            procs.append(self.fabric_proc)
-        qrng = getattr(self, "qrng_proc", None)
-        if qrng is not None and qrng.returncode is None:
-            procs.append(qrng)
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                await asyncio.wait_for(p.wait(), max(0.1, deadline - time.monotonic()))
-            except asyncio.TimeoutError:
-                p.kill()
-                await p.wait()
+    async def stop(self, grace: float = NODE_GRACE_S) -> None:
+        """Ordered and bounded: the orchestrators first (they must not see the nodes go as
+        failures), then the nodes, then what they use (plant stub, QRNG service); SIGTERM to each
+        process group, SIGKILL after the grace, every child reaped (reaper.terminate)."""
+        await self.stop_orchestrators()
+        await terminate([np.proc for np in self.nodes.values() if np.proc is not None], grace)
+        services = [getattr(self, "fabric_proc", None), getattr(self, "qrng_proc", None)]
+        await terminate([p for p in services if p is not None], SERVICE_GRACE_S)
 
     # -- key relay: forwarder addresses, QRNG service, static routes (README "Key relay routes") ---
     def _plan_relay(self) -> None:
@@ -498,7 +503,7 @@ class Network(_Orchestrators):
         if self.qrng_url is None:
             return
         log = open(self.state_dir / "logs" / "qrng.log", "ab")
-        self.qrng_proc = await asyncio.create_subprocess_exec(
+        self.qrng_proc = await spawn(
             sys.executable, "-m", "qkdnode.qrng", "--host", self.host, "--port", str(self.qrng_port),
             "--cert", str(self.qrng_cert.cert), "--key", str(self.qrng_cert.key), "--ca", str(self.ca.cert_path),
             stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,

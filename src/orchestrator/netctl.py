@@ -159,8 +159,10 @@ async def _up(args: argparse.Namespace, console: Console) -> int:
     finally:
         live.cancel()
         sampling.set()
-        await asyncio.gather(sampler, return_exceptions=True)
-        await net.stop()
+        await asyncio.wait({sampler}, timeout=3.0)  # bounded: a scrape may hang on a stopping node
+        sampler.cancel()
+        await asyncio.gather(sampler, live, return_exceptions=True)
+        await net.stop()  # bounded, every child reaped (README "Stopping a network")
     return code
 
 

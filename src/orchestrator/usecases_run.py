@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from rich.table import Table
 from usecases.result import failed
 from usecases.spec import UseCaseSpec, parse_use_cases
 
+from .reaper import spawn, terminate
 from .topology import Topology
 
 #: seconds a use case process may take beyond its traffic duration (peer start-up, scrapes)
@@ -29,6 +29,8 @@ GRACE_S = 90.0
 SETUP_S = 8.0
 #: traffic seconds when `qkdnet up` runs without --duration
 DEFAULT_S = 30.0
+#: seconds a use case process group gets between SIGTERM and SIGKILL when it is stopped
+STOP_GRACE_S = 3.0
 
 
 async def _run_one(state_dir: Path, topology: Path, spec: UseCaseSpec, duration_s: float) -> dict[str, Any]:
@@ -39,31 +41,26 @@ async def _run_one(state_dir: Path, topology: Path, spec: UseCaseSpec, duration_
     log = open(state_dir / "logs" / f"usecase-{spec.name}.log", "ab")
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     try:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await spawn(  # its own process group: it and its peers (reaper.py)
             sys.executable, "-m", "usecases.cli", "--network", str(state_dir / "network.json"),
             "--topology", str(topology), "--name", spec.name, "--duration", f"{duration_s:g}", "--out", str(out),
-            stdout=log, stderr=log, env=env, start_new_session=True)  # its own group: it and its peers
+            stdout=log, stderr=log, env=env)
     finally:
         log.close()
     try:
         code = await asyncio.wait_for(proc.wait(), duration_s + GRACE_S)
     except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
-        _kill_group(proc.pid)
-        await proc.wait()
+        # bounded: SIGTERM to the group, SIGKILL after STOP_GRACE_S; shielded, so that a second
+        # cancellation does not leave the group running
+        await asyncio.shield(terminate([proc], STOP_GRACE_S))
         if isinstance(exc, asyncio.CancelledError):
             raise
         return failed(spec.name, spec.kind, f"did not finish within {duration_s + GRACE_S:.0f} s (killed)")
+    await terminate([proc], STOP_GRACE_S)  # it has exited: kill any peer it left in its group
     if out.exists():
         return json.loads(out.read_text())  # type: ignore[no-any-return]
     return failed(spec.name, spec.kind, f"qkd-usecase exited with {code} and no result "
                                         f"(see logs/usecase-{spec.name}.log)")
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
 
 
 async def run_use_cases(state_dir: Path | str, topology: Topology, duration_s: float) -> list[dict[str, Any]]:

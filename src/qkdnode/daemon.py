@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from .netconf.server import NetconfServer
 from .qkd015 import node_config_xml
 from .schema import build_context
 from .tapi import Switch, SwitchAgent
-from .eventloop import wait_for_stop_signal
+from .eventloop import HARD_STOP_S, Shutdown, wait_for_stop_signal
 
 if TYPE_CHECKING:
     from .restconf import RestconfServer
@@ -27,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VERSION = "qkdnet-0.1.0"
+#: seconds the ordered stop may take; the hard stop (eventloop.HARD_STOP_S) comes after it
+STOP_BUDGET_S = HARD_STOP_S - 1.0
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -141,19 +142,23 @@ class Node:
         write_json_atomic(self.state_dir / "node.json", info)
         log.info("node %s (%s) NETCONF on %s:%d", self.cfg.name, self.node_id, self.cfg.netconf.host, self.netconf_port)
 
-    async def stop(self) -> None:
+    async def stop(self, budget_s: float = STOP_BUDGET_S) -> None:
+        """Ordered and bounded (README "Stopping a network"): the management servers stop accepting
+        and close their sessions, then the switch reporter, then the key plane (its own ordered
+        steps); a late step is logged in one line and left behind, never raised."""
+        sd = Shutdown(f"node {self.cfg.name}", budget_s)
         if self.metrics is not None:
-            await self.metrics.stop()
+            await sd.step("metrics server", self.metrics.stop(), 1.0)
         if self.restconf is not None:
-            await self.restconf.stop()
-        await self.netconf.stop()
-        await self.switch.stop()
-        await self.keyplane.stop()
+            await sd.step("RESTCONF server", self.restconf.stop(), 1.0)
+        await sd.step("NETCONF server", self.netconf.stop(), 1.5)
+        await sd.step("switch reporter", self.switch.stop(), 1.0)
+        await sd.step("key plane", self.keyplane.stop(max(0.1, sd.remaining() - 0.1)))
 
 
 async def run_node(cfg: NodeConfig) -> None:
     node = Node(cfg)
     await node.start()
     print(f"READY {cfg.name} netconf={node.netconf_port}", flush=True)
-    await wait_for_stop_signal()
-    await asyncio.wait_for(node.stop(), timeout=5)
+    await wait_for_stop_signal()  # arms the hard stop: the process is gone HARD_STOP_S after the signal
+    await node.stop()

@@ -23,6 +23,7 @@ from .keystore.store import KeyStore
 from .forwarder import Forwarder, Neighbour, attach_to_014
 from .qrng import QrngClient
 from .lightpath import DARK_LOSS_DB, FabricClient, Light
+from .eventloop import Shutdown
 from .pki import CertPaths, client_context, server_context
 from .qkd015 import LinkConfig
 
@@ -209,22 +210,26 @@ class KeyPlane:
         if repaired:
             await self.sync_links(self._configured_links)
 
-    async def stop(self) -> None:
+    async def stop(self, budget_s: float = 30.0) -> None:
+        """Ordered and bounded (eventloop.Shutdown): the plant long poll and the feeders (background
+        tasks) first, then the servers (gRPC with a grace), the modules, and the store last."""
+        sd = Shutdown(f"key plane {self.node_name}", budget_s)
         if self.fabric is not None:
-            await self.fabric.stop()
-        for lr in self.links.values():
-            if lr.feeder is not None:
-                await lr.feeder.stop()
+            await sd.step("plant client", self.fabric.stop(), 1.0)
+        feeders = [lr.feeder.stop() for lr in self.links.values() if lr.feeder is not None]
+        if feeders:
+            await sd.step("feeders", asyncio.gather(*feeders), 1.0)
         if self.forwarder is not None:
-            await self.forwarder.stop()
+            await sd.step("forwarder", self.forwarder.stop(), 1.5)
         if self.etsi014 is not None:
-            await self.etsi014.stop()
+            await sd.step("ETSI 014 server", self.etsi014.stop(), 1.0)
         if self.etsi004 is not None:
-            await self.etsi004.stop()
-        for rt in self.modules.values():
-            await self._stop_module(rt)
-        if self.store is not None:
-            self.store.close()
+            await sd.step("ETSI 004 server", self.etsi004.stop(), 1.0)
+        modules = [self._stop_module(rt) for rt in self.modules.values()]
+        if modules:
+            await sd.step("modules", asyncio.gather(*modules), 1.0)
+        if self.store is not None:  # checkpoint and close off the loop; committed keys are durable anyway
+            await sd.step("key store", asyncio.to_thread(self.store.close))
 
     # -- driven by the agent ----------------------------------------------------------------------
     def _lit(self, ln: LinkConfig) -> bool:

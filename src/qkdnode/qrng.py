@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from .eventloop import wait_for_stop_signal
+from .eventloop import HARD_STOP_S, Shutdown, wait_for_stop_signal
 
 MAX_BYTES = 1 << 20
 
@@ -109,8 +109,8 @@ async def _main(args: argparse.Namespace) -> None:
     ctx = server_ssl(args.cert, args.key, args.ca)
     runner, port = await serve(args.host, args.port, ctx)
     print(f"READY qrng port={port}", flush=True)
-    await wait_for_stop_signal()
-    await runner.cleanup()
+    await wait_for_stop_signal()  # arms the hard stop (eventloop.HARD_STOP_S)
+    await Shutdown("QRNG service", HARD_STOP_S - 1.0).step("HTTPS server", runner.cleanup())
 
 
 def main(argv: list[str] | None = None) -> int:

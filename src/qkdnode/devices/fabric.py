@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ..eventloop import wait_for_stop_signal
+from ..eventloop import HARD_STOP_S, Shutdown, wait_for_stop_signal
 
 log = logging.getLogger(__name__)
 
@@ -273,10 +273,33 @@ class FabricService:
     def __init__(self, plant: Plant) -> None:
         self.plant = plant
         self._changed = asyncio.Condition()
+        self.closing = False  # set by close(): pending long polls answer at once
 
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
+
+    async def close(self) -> None:
+        """Answer every pending long poll now (with the current plant), so that a shutdown
+        neither waits for them nor has to cancel them."""
+        self.closing = True
+        await self._notify()
+
+    async def wait_changed(self, after: int, wait: float) -> None:
+        """Until the plant's version passes `after`, the service closes, or `wait` seconds passed.
+
+        The timeout is a cancellation of this very task (`asyncio.timeout`) around the whole
+        `async with`: `Condition.wait` re-acquires the lock before it lets any cancellation out,
+        so the lock is held again whenever `async with` releases it. (`asyncio.wait_for` around
+        `wait_for()` ran the wait in another task: cancelled again at shutdown while that task
+        was re-acquiring, the `async with` released a lock it did not hold: "Lock is not
+        acquired".) A cancellation from outside (server shutdown) propagates as such."""
+        try:
+            async with asyncio.timeout(wait):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self.closing or self.plant.version > after)
+        except TimeoutError:
+            pass
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -330,12 +353,8 @@ class FabricService:
         """`?after=V` waits (up to `wait` s) until the plant changed past version V."""
         after = int(request.query.get("after", "-1"))
         wait = min(float(request.query.get("wait", "0")), 30.0)
-        if self.plant.version <= after and wait > 0:
-            try:
-                async with self._changed:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self.plant.version > after), wait)
-            except asyncio.TimeoutError:
-                pass
+        if self.plant.version <= after and wait > 0 and not self.closing:
+            await self.wait_changed(after, wait)
         return web.json_response({
             "version": self.plant.version,
             "light_paths": [lp.to_json() for lp in self.plant.light_paths()],
@@ -347,14 +366,17 @@ class FabricService:
 
 async def serve(plant_file: Path, host: str, port: int) -> None:
     service = FabricService(Plant(json.loads(plant_file.read_text())))
-    # long polls are pending at any time: do not wait for them on shutdown
+    # long polls are pending at any time: they are answered at close(); a handler still running
+    # after shutdown_timeout is cancelled, which get_light_paths is safe under
     runner = web.AppRunner(service.app(), access_log=None, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     print(f"READY fabric http://{host}:{port}", flush=True)
-    await wait_for_stop_signal()
-    await runner.cleanup()
+    await wait_for_stop_signal()  # arms the hard stop (eventloop.HARD_STOP_S)
+    sd = Shutdown("optical plant stub", HARD_STOP_S - 1.0)
+    await sd.step("long polls", service.close(), 0.5)
+    await sd.step("HTTP server", runner.cleanup())
 
 
 def main() -> None:

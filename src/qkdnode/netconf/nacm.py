@@ -264,7 +264,7 @@ class Nacm:
     @property
     def config(self) -> NacmConfig:
         xml = self.running_xml()
-        if xml is not self._cached_xml:
+        if xml != self._cached_xml:
             root = etree.fromstring(f"<r>{xml}</r>".encode(), _PARSER)
             self._config = parse_config(root.find(f"{{{NACM_NS}}}nacm"), self.module_of, self._modules)
             self._cached_xml = xml

@@ -10,7 +10,7 @@ import os
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 from xml.sax.saxutils import escape
 
 import asyncssh
@@ -118,7 +118,7 @@ class NetconfServer:
         self.dispatcher = RpcDispatcher(self)
         from .nacm import Nacm
 
-        self.nacm = Nacm(self.ctx, lambda: datastores.get_config_xml(Datastore.RUNNING),
+        self.nacm = Nacm(self.ctx, lambda: _nacm_subtree(datastores),
                          [u.username for u in users if u.recovery])
         datastores.providers.append(self.nacm.state_xml)
         datastores.providers.append(self.monitoring_state)
@@ -356,3 +356,10 @@ class _NetconfChannel(asyncssh.SSHServerSession):  # type: ignore[misc]
         if self.session is not None:
             self.session.connection_lost()
 
+
+def _nacm_subtree(datastores: Any) -> str:
+    """The `/nacm` of running as XML (only that subtree: NACM reads it before every RPC)."""
+    from ..datatree import print_nodes
+
+    node = datastores.running.find("/ietf-netconf-acm:nacm")
+    return print_nodes(node, siblings=False) if node is not None else ""
