@@ -144,12 +144,11 @@ async def test_index_is_not_delivered_twice(net: Net) -> None:
     async with Etsi004Client(f"127.0.0.1:{net.kms['alice'].port}", net.certs["bob"], server_name="alice") as node:
         r = await pb_grpc.Etsi004PeerStub(node.channel).Assign(pb.AssignRequest(key_stream_id=ksid, index=0))
         assert r.status == pb.INSUFFICIENT_KEY and not r.key_ids
-    # with a QoS timeout the answer is the same at once: waiting cannot bring a key back
-    cc, cd, ksid2 = await open_pair(net, timeout=3000)
+    # with a QoS timeout the answer is the same at once: waiting cannot bring a key back (a server
+    # that waited out the 10-minute timeout would trip the guard; no speed is asserted)
+    cc, cd, ksid2 = await open_pair(net, timeout=600_000)
     assert (await cc.get_key(ksid2, 0)).status == pb.SUCCESSFUL
-    t0 = time.monotonic()
-    assert (await cc.get_key(ksid2, 0)).status == pb.INSUFFICIENT_KEY
-    assert time.monotonic() - t0 < 1
+    assert (await asyncio.wait_for(cc.get_key(ksid2, 0), 60)).status == pb.INSUFFICIENT_KEY
     for c in (ca, cb, cc, cd):
         await c.aclose()
 
@@ -186,7 +185,7 @@ async def test_peer_application_not_connected(net: Net) -> None:
         t0 = time.monotonic()
         got = await cb.get_key(r2.key_stream_id)
         assert got.status == pb.TIMEOUT_ERROR and "not connected" in got.message
-        assert 0.15 < time.monotonic() - t0 < 2
+        assert time.monotonic() - t0 >= 0.15  # it waited for the QoS timeout (200 ms) first
         # nothing was consumed
         assert net.available() == (N_KEYS, N_KEYS)
         # GET_KEY waits (QoS timeout) for the peer application to connect
