@@ -26,6 +26,7 @@ from .nodeclient import QKD_NS, NetconfEndpoint
 from .nodeclient import connect as netconf_connect
 from .plant import plan_plant
 from .reaper import reaper, spawn, terminate
+from .spawner import Zygote
 from .topology import ModuleSpec, RouteSpec, Topology
 
 NETCONF_USER = "admin"
@@ -238,6 +239,10 @@ class Network(_Orchestrators):
         self.host = host
         self.nodes: dict[str, NodeProcess] = {}
         self.network_json = self.state_dir / "network.json"
+        # node processes forked from one pre-imported zygote (shared pages, less start-up CPU);
+        # QKDNET_SPAWN=exec starts each node with its own interpreter instead
+        self.fork_nodes = os.environ.get("QKDNET_SPAWN", "fork") != "exec"
+        self.zygote: Zygote | None = None
 
     # -- preparation --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -313,6 +318,8 @@ class Network(_Orchestrators):
         }
         if m.profile:
             out["profile"] = m.profile
+        if m.tick_s is not None:
+            out["tick_s"] = m.tick_s
         peer = self.topology.modules.get(m.pairs_with or "")
         if peer is not None:
             receiver = m if m.role == "receiver" else peer
@@ -390,13 +397,20 @@ class Network(_Orchestrators):
         reaper(self.state_dir / "logs" / "reaper.log")  # children die with us, even on SIGKILL (reaper.py)
         await self._start_fabric()
         await self._start_qrng()
+        if self.fork_nodes:  # one pre-imported process forks the nodes (spawner.py, qkdnode/zygote.py)
+            self.zygote = Zygote(self.state_dir / "logs" / "zygote.log")
+            await self.zygote.start()
         for np in self.nodes.values():
-            log = open(self.state_dir / "logs" / f"{np.name}.log", "ab")
-            np.proc = await spawn(
-                sys.executable, "-m", "qkdnode.cli", "run", "--config", str(np.config_path),
-                stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-            )
-            log.close()
+            log_path = self.state_dir / "logs" / f"{np.name}.log"
+            if self.zygote is not None:
+                np.proc = await self.zygote.spawn(np.name, ["run", "--config", str(np.config_path)], log_path)  # type: ignore[assignment]
+            else:
+                log = open(log_path, "ab")
+                np.proc = await spawn(
+                    sys.executable, "-m", "qkdnode.cli", "run", "--config", str(np.config_path),
+                    stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+                )
+                log.close()
             asyncio.get_running_loop().create_task(self._watch(np))
         deadline = time.monotonic() + timeout
         while not all(n.ready.is_set() for n in self.nodes.values()):
@@ -459,7 +473,9 @@ class Network(_Orchestrators):
         failures), then the nodes, then what they use (plant stub, QRNG service); SIGTERM to each
         process group, SIGKILL after the grace, every child reaped (reaper.terminate)."""
         await self.stop_orchestrators()
-        await terminate([np.proc for np in self.nodes.values() if np.proc is not None], grace)
+        await terminate([np.proc for np in self.nodes.values() if np.proc is not None], grace)  # type: ignore[misc]
+        if self.zygote is not None:
+            await self.zygote.stop()
         services = [getattr(self, "fabric_proc", None), getattr(self, "qrng_proc", None)]
         await terminate([p for p in services if p is not None], SERVICE_GRACE_S)
 

@@ -52,6 +52,7 @@ class ModuleSpec:
     profile: str | None = None
     port: int | None = None  # switch port, on a node with an optical switch
     fibre: str | None = None  # attached straight to this fibre's end, on a node without a switch
+    tick_s: float | None = None  # the simulated module's step (default 0.1 s): coarser steps, less CPU
 
 
 @dataclass(frozen=True)
@@ -280,7 +281,7 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
     for i, mo in enumerate(raw_modules):
         p = ("modules", i)
         m = r.mapping(mo, p, {"name", "technology", "role", "node", "pairs_with", "profile", "port", "fibre",
-                              "description", "plausible"},
+                              "tick_s", "description", "plausible"},
                       {"name", "technology", "role", "node"})
         name = r.string(m["name"], p + ("name",))
         if name in modules:
@@ -294,6 +295,7 @@ def parse_topology(text: str, source: Path | str = "<topology>") -> Topology:
             profile=m.get("profile"),
             port=int(r.number(m["port"], p + ("port",), minimum=1)) if "port" in m else None,
             fibre=r.string(m["fibre"], p + ("fibre",)) if "fibre" in m else None,
+            tick_s=r.number(m["tick_s"], p + ("tick_s",), minimum=0.01) if "tick_s" in m else None,
         )
         if modules[name].fibre is not None:
             f = fibres.get(modules[name].fibre or "")

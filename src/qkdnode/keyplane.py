@@ -162,6 +162,7 @@ class KeyPlane:
             name=str(spec["name"]), technology=spec["technology"], role=spec["role"],
             pairs_with=peer, profile=spec.get("profile"), loss_db=loss_db,
             channel_host=str(channel.get("host", "127.0.0.1")), channel_port=int(channel["port"]),
+            **({"tick_s": float(spec["tick_s"])} if spec.get("tick_s") else {}),
         )
         rt.peer, rt.peer_node_id, rt.peer_qkdi = peer, peer_node_id, peer_qkdi
         module = QKDModule(cfg)
