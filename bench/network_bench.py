@@ -102,18 +102,9 @@ def pss_mb(pid: int) -> float:
 
 
 def node_pids(state: Path) -> list[int]:
-    """Node daemons of this network: `qkdnode.cli run --config STATE/...`."""
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"qkdnode.cli" in cmd and any(str(state).encode() in c for c in cmd):
-            out.append(int(p.name))
-    return out
+    """Node daemons of this network, as network.json names them (exec'd or forked by the zygote)."""
+    net = json.loads((state / "network.json").read_text())
+    return [int(n["pid"]) for n in net["nodes"].values() if n.get("pid") and Path(f"/proc/{n['pid']}").exists()]
 
 
 def boot(topology: Path, state: Path, measure_rss: bool = False) -> tuple[float, float | None, int]:
