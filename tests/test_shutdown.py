@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import os
 import signal
@@ -81,8 +82,18 @@ def boot(state: Path, timeout: float = 90) -> subprocess.Popen[bytes]:
 
 
 def kinds(procs: dict[int, str]) -> set[str]:
-    names = ("qkdnode.cli", "qkdnode.devices.fabric", "orchestrator.cli", "orchestrator.reaper")
+    names = ("qkdnode.cli", "qkdnode.zygote", "qkdnode.devices.fabric", "orchestrator.cli", "orchestrator.reaper")
     return {n for cmd in procs.values() for n in names if n in cmd}
+
+
+#: how qkdnet up starts nodes: forked by the node zygote (default), or each exec'd (QKDNET_SPAWN=exec)
+FORK = os.environ.get("QKDNET_SPAWN", "fork") != "exec"
+NODE_KIND = "qkdnode.zygote" if FORK else "qkdnode.cli"
+
+
+def node_pids(state: Path) -> set[int]:
+    net = json.loads((state / "network.json").read_text())
+    return {int(n["pid"]) for n in net["nodes"].values()}
 
 
 # -- qkdnet up, stopped with SIGTERM and killed with SIGKILL ----------------------------------------
@@ -93,8 +104,9 @@ def test_sigterm_stops_every_process_without_a_traceback(tmp_path: Path) -> None
     try:
         children = processes_of(state)
         # nodes, plant stub, orchestrator and the reaper run, each naming the state dir
-        assert kinds(children) == {"qkdnode.cli", "qkdnode.devices.fabric", "orchestrator.cli", "orchestrator.reaper"}
-        assert sum("qkdnode.cli" in c for c in children.values()) == 2
+        assert kinds(children) == {NODE_KIND, "qkdnode.devices.fabric", "orchestrator.cli", "orchestrator.reaper"}
+        nodes = node_pids(state)
+        assert len(nodes) == 2 and nodes <= set(children) and all(NODE_KIND in children[p] for p in nodes)
         # each child leads its own process group (so that a stop reaches what it started, too)
         for pid, cmd in children.items():
             if "orchestrator.reaper" not in cmd:
@@ -126,13 +138,15 @@ def test_children_do_not_outlive_a_sigkilled_qkdnet_up(tmp_path: Path) -> None:
     proc = boot(state)
     try:
         children = processes_of(state)
-        assert sum("qkdnode.cli" in c for c in children.values()) == 2
+        nodes = node_pids(state)
+        assert len(nodes) == 2 and nodes <= set(children)
         proc.kill()
         proc.wait(30)
         left = wait_until_gone(state, 20)  # a few seconds: SIGTERM, then SIGKILL after the reaper's grace
         assert not left, f"processes outlived a SIGKILLed qkdnet up: {left}"
         report = (state / "logs" / "reaper.log").read_text()
-        assert "stopped 4 process group(s)" in report, report  # 2 nodes, plant stub, orchestrator
+        groups = 5 if FORK else 4  # 2 nodes, plant stub, orchestrator (and the node zygote)
+        assert f"stopped {groups} process group(s)" in report, report
         for log in sorted((state / "logs").glob("*.log")):
             assert "Traceback" not in log.read_text(errors="replace"), log.name
     finally:

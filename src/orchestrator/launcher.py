@@ -398,7 +398,7 @@ class Network(_Orchestrators):
         await self._start_fabric()
         await self._start_qrng()
         if self.fork_nodes:  # one pre-imported process forks the nodes (spawner.py, qkdnode/zygote.py)
-            self.zygote = Zygote(self.state_dir / "logs" / "zygote.log")
+            self.zygote = Zygote(self.state_dir / "logs" / "zygote.log", self.state_dir)
             await self.zygote.start()
         for np in self.nodes.values():
             log_path = self.state_dir / "logs" / f"{np.name}.log"

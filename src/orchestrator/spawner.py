@@ -61,8 +61,9 @@ class ForkedProcess:
 class Zygote:
     """The client side: start `python -m qkdnode.zygote`, ask it for node processes."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, state_dir: Path | None = None) -> None:
         self.log = log
+        self.state_dir = state_dir  # on the zygote's command line, so its nodes' show it too (ps, /proc)
         self.proc: asyncio.subprocess.Process | None = None
         self.children: dict[str, ForkedProcess] = {}
         self._waiting: dict[str, asyncio.Future[ForkedProcess]] = {}
@@ -73,7 +74,8 @@ class Zygote:
 
         log = open(self.log, "ab")
         self.proc = await spawn(
-            sys.executable, "-m", "qkdnode.zygote", stdin=asyncio.subprocess.PIPE,
+            sys.executable, "-m", "qkdnode.zygote", *(["--for", str(self.state_dir / "network.json")] if self.state_dir else []),
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=log, limit=1 << 20)
         log.close()
         assert self.proc.stdout is not None
@@ -129,15 +131,14 @@ class Zygote:
         return child
 
     async def stop(self, grace: float = 12.0) -> None:
-        """Close the zygote's stdin: it stops its children (SIGTERM, then SIGKILL) and exits."""
+        """SIGTERM to the zygote's group: it stops its children (SIGTERM, then SIGKILL) and exits;
+        SIGKILL after `grace` (reaper.terminate, which also tells the reaper it is done)."""
         if self.proc is None:
             return
+        from .reaper import terminate
+
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), grace)
-        except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
+        await terminate([self.proc], grace)
         if self._reader is not None:
             await asyncio.gather(self._reader, return_exceptions=True)

@@ -9,6 +9,9 @@ the start-up CPU and the proportional memory (PSS) per node. Each forked node is
 daemon (`qkdnode run --config FILE`) in its own process, with its own event loop, sockets and
 files; only memory pages it never writes are shared.
 
+Command line: `python -m qkdnode.zygote [--for DIR/network.json]`; `--for` only labels the
+process (and so every node forked from it, which inherit its command line) with its network.
+
 Protocol, JSON lines. The zygote prints `{"ready": true}` once it has imported everything. It
 reads requests on stdin:
 
@@ -94,13 +97,20 @@ class Zygote:
         self.outputs: dict[int, tuple[str, bytes]] = {}  # read fd -> (id, partial line)
         self.stdin_buf = b""
         self.stopping = False
+        self.launcher_gone = False
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
         self.wake_w.setblocking(False)
 
     def say(self, msg: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(msg) + "\n")
-        sys.stdout.flush()
+        if self.launcher_gone:
+            return
+        try:
+            sys.stdout.write(json.dumps(msg) + "\n")
+            sys.stdout.flush()
+        except OSError:  # the launcher is gone (its end of the pipe closed): stop, quietly
+            self.launcher_gone = self.stopping = True
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - nothing more to say, at exit either
 
     # -- spawning ----------------------------------------------------------------------------------
     def spawn(self, req: dict[str, Any]) -> None:
