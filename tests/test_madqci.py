@@ -320,6 +320,10 @@ def test_orchestrators_enumerate_the_same_45_direct_links(madqci: UpNetwork) -> 
 def test_every_declared_route_carries_keys_between_its_saes(madqci: UpNetwork) -> None:
     """ETSI 014 across each route of the use cases (uc1 crosses the border link 4)."""
     net = madqci.net
+    # the routes' SAEs are the use cases': `qkdnet up` runs those first, and they compare the nodes'
+    # per-SAE counters with their own, so this test's requests wait until they are done
+    wait_for(lambda: len(list((madqci.state / "usecases").glob("*.json"))) == 4, 150, "the use cases' results",
+             interval=1.0)
     topo = load_yaml()
     sae_node = {s["id"]: s["node"] for s in topo["saes"]}
     for route in topo["routes"]:
