@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
 
+from lxml import etree
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -241,7 +243,13 @@ class Suites:
             lid = str(uuid.uuid4())
             writer.edit_config(target="candidate", config=f'<config xmlns="{NC_NS}">{link_xml(lid)}</config>')
             writer.commit()
-            n = sub.take_notification(timeout=10)
+            # the node also sends its own events (sdqkdn_link_perf_update every few seconds): skip those
+            deadline = time.monotonic() + 10
+            n = None
+            while time.monotonic() < deadline:
+                n = sub.take_notification(timeout=max(0.1, deadline - time.monotonic()))
+                if n is not None and "netconf-config-change" in n.notification_xml:
+                    break
             expect(n is not None and "netconf-config-change" in n.notification_xml and lid in n.notification_xml,
                    "no netconf-config-change")
             writer.edit_config(target="candidate", config=f'<config xmlns="{NC_NS}">{link_xml(lid, "delete")}</config>')
@@ -285,7 +293,12 @@ class Suites:
         self.console("--db", "candidate", "--edit-config", str(d), "--discard-changes")
         expect(lid in self.console("--get-config").stdout, "discard-changes")
         full = self.work / "copy.xml"
-        full.write_text(self.console("--get-config").stdout.split("<data", 1)[1].split(">", 1)[1].rsplit("</data>", 1)[0])
+        # netconf-console2 puts exactly one element into <config>: the qkd_node subtree (running also
+        # holds /nacm, the tapi context: copied into the candidate without them, then discarded)
+        data = etree.fromstring(self.console("--get-config").stdout.encode())
+        node = data.find("{urn:etsi:qkd:yang:etsi-qkd-node}qkd_node")
+        expect(node is not None, "no qkd_node in get-config")
+        full.write_bytes(etree.tostring(node))
         self.console("--db", "candidate", "--copy-config", str(full), "--discard-changes")
         self.console("--db", "candidate", "--edit-config", str(d), "--commit")
         expect(lid not in self.console("--get-config").stdout, "delete")
@@ -333,7 +346,6 @@ class Suites:
         with self.connect() as m:
             cfg = m.get_config(source="running", filter=("subtree", f'<qkd_node xmlns="{QKD_NS}"/>')).data_ele
             state = m.get(filter=("subtree", f'<qkd_node xmlns="{QKD_NS}"/>')).data_ele
-        from lxml import etree
 
         for name, ele, kind in (("config.xml", cfg, "config"), ("state.xml", state, "data")):
             node = ele.find(f"{{{QKD_NS}}}qkd_node")
