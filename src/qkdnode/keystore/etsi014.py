@@ -323,7 +323,8 @@ async def start_etsi014_server(
     ssl_ctx: ssl.SSLContext,
     host: str = "127.0.0.1",
     port: int = 0,
+    limits: ApiLimits | None = None,
 ) -> tuple[Etsi014Server, int]:
     """Start a 014 server; returns it (stop with `await server.stop()`) and its port."""
-    server = Etsi014Server(store, directory, resolver, ssl_ctx, host=host, port=port)
+    server = Etsi014Server(store, directory, resolver, ssl_ctx, host=host, port=port, limits=limits)
     return server, await server.start()
