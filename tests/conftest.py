@@ -137,6 +137,25 @@ def node_config(name: str, state_dir: Path, port: int = 0, **netconf: Any) -> di
     return {"name": name, "location": f"{name}-site", "state_dir": str(state_dir), "netconf": nc}
 
 
+def start_node(loop: LoopThread, raw: dict[str, Any], username: str = USERNAME,
+               password: str = PASSWORD) -> NodeHandle:
+    """Start an in-process node from a config mapping (`node_config` plus what a test adds) on
+    `loop`; the handle logs in to NETCONF as `username`."""
+    from qkdnode.config import parse_node_config
+    from qkdnode.daemon import Node
+
+    cfg = parse_node_config(raw)
+
+    async def _start() -> Any:
+        node = Node(cfg)
+        await node.start()
+        return node
+
+    node = loop.run(_start())
+    sd = Path(raw["state_dir"])
+    return NodeHandle(HOST, node.netconf_port, username, password, sd, host_key_b64(sd), node=node, loop=loop)
+
+
 @pytest.fixture(scope="session")
 def node_loop() -> Iterator[LoopThread]:
     lt = LoopThread()
@@ -147,22 +166,11 @@ def node_loop() -> Iterator[LoopThread]:
 @pytest.fixture
 def node_factory(tmp_path: Path, node_loop: LoopThread) -> Iterator[Callable[..., NodeHandle]]:
     """`start(name="n1", state_dir=None, **netconf)` -> a started in-process node on port 0."""
-    from qkdnode.config import parse_node_config
-    from qkdnode.daemon import Node
-
     handles: list[NodeHandle] = []
 
     def start(name: str = "n1", state_dir: Path | None = None, **netconf: Any) -> NodeHandle:
         sd = Path(state_dir) if state_dir is not None else tmp_path / f"state-{name}"
-        cfg = parse_node_config(node_config(name, sd, **netconf))
-
-        async def _start() -> Any:
-            node = Node(cfg)
-            await node.start()
-            return node
-
-        node = node_loop.run(_start())
-        h = NodeHandle(HOST, node.netconf_port, USERNAME, PASSWORD, sd, host_key_b64(sd), node=node, loop=node_loop)
+        h = start_node(node_loop, node_config(name, sd, **netconf))
         handles.append(h)
         return h
 

@@ -25,8 +25,8 @@ import pytest
 from lxml import etree
 
 from conftest import (
-    BASE_10, BASE_11, HOST, NC_NS, NSMAP, QKD_NS, LoopThread, NodeHandle, RawNetconf, host_key_b64, link_ids,
-    link_xml, links_config, new_uuid, node_config, rpc_errors,
+    BASE_10, BASE_11, HOST, NC_NS, NSMAP, QKD_NS, LoopThread, NodeHandle, RawNetconf, link_ids, link_xml,
+    links_config, new_uuid, node_config, rpc_errors, start_node,
 )
 from test_etsi004 import net, open_pair  # noqa: F401 - the 004 fixture
 from test_etsi004 import pb as pb004
@@ -66,8 +66,6 @@ class AccessNode:
 
 @pytest.fixture(scope="module")
 def anode(node_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AccessNode]:
-    from qkdnode.config import parse_node_config
-    from qkdnode.daemon import Node
     from qkdnode.pki import CertificateAuthority
 
     tmp = tmp_path_factory.mktemp("access")
@@ -85,17 +83,8 @@ def anode(node_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> It
     ]
     raw["pki"] = {"ca": str(ca.cert_path), "cert": str(server.cert), "key": str(server.key)}
     raw["restconf"] = {"host": HOST, "port": 0}
-    cfg = parse_node_config(raw)
-
-    async def _start() -> Any:
-        node = Node(cfg)
-        await node.start()
-        return node
-
-    node = node_loop.run(_start())
-    sd = tmp / "state"
-    h = NodeHandle(HOST, node.netconf_port, "admin", USERS["admin"], sd, host_key_b64(sd), node=node, loop=node_loop)
-    yield AccessNode(h, key, node.restconf_port, ca.cert_path)
+    h = start_node(node_loop, raw, "admin", USERS["admin"])
+    yield AccessNode(h, key, h.node.restconf_port, ca.cert_path)
     h.stop()
 
 

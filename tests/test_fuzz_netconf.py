@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from lxml import etree
 
-from conftest import BASE_10, BASE_11, HOST, PASSWORD, USERNAME, LoopThread, NodeHandle, RawNetconf, host_key_b64, node_config
+from conftest import BASE_10, BASE_11, LoopThread, NodeHandle, RawNetconf, node_config, start_node
 from fuzz import driver as fz
 
 pytestmark = pytest.mark.timeout(180)
@@ -28,25 +28,13 @@ MAX_MESSAGE = 64 * 1024
 GET_CONFIG = "<get-config><source><running/></source></get-config>"
 
 
-def start_node(loop: LoopThread, state_dir: Path, **netconf: Any) -> NodeHandle:
-    from qkdnode.config import parse_node_config
-    from qkdnode.daemon import Node
-
-    cfg = parse_node_config(node_config("fz", state_dir, **netconf))
-
-    async def _start() -> Any:
-        node = Node(cfg)
-        await node.start()
-        return node
-
-    node = loop.run(_start())
-    return NodeHandle(HOST, node.netconf_port, USERNAME, PASSWORD, state_dir, host_key_b64(state_dir),
-                      node=node, loop=loop)
+def start_fuzz_node(loop: LoopThread, state_dir: Path, **netconf: Any) -> NodeHandle:
+    return start_node(loop, node_config("fz", state_dir, **netconf))
 
 
 @pytest.fixture(scope="module")
 def fnode(node_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeHandle]:
-    h = start_node(node_loop, tmp_path_factory.mktemp("fuzz-nc") / "state", max_message_bytes=MAX_MESSAGE,
+    h = start_fuzz_node(node_loop, tmp_path_factory.mktemp("fuzz-nc") / "state", max_message_bytes=MAX_MESSAGE,
                    max_xml_depth=64)
     yield h
     h.stop()
@@ -178,7 +166,7 @@ async def test_garbage_before_hello_closes_only_that_session(fnode: NodeHandle) 
 @pytest.fixture(scope="module")
 def tight(node_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeHandle]:
     """A node with small limits: 2 sessions, 5 RPCs of burst and a rate that does not refill in a test."""
-    h = start_node(node_loop, tmp_path_factory.mktemp("fuzz-tight") / "state", max_sessions=2,
+    h = start_fuzz_node(node_loop, tmp_path_factory.mktemp("fuzz-tight") / "state", max_sessions=2,
                    rpc_rate=0.01, rpc_burst=5)
     yield h
     h.stop()

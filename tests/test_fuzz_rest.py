@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
 
-from conftest import HOST, PASSWORD, USERNAME, LoopThread, NodeHandle, host_key_b64, node_config
+from conftest import HOST, PASSWORD, USERNAME, LoopThread, NodeHandle, node_config, start_node
 from fuzz import driver as fz
 
 pytestmark = pytest.mark.timeout(240)
@@ -268,8 +268,6 @@ def test_014_rate_limit_per_sae(kme: Kme) -> None:
 # -- RESTCONF --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rc_node(node_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeHandle, int, Path]]:
-    from qkdnode.config import parse_node_config
-    from qkdnode.daemon import Node
     from qkdnode.pki import CertificateAuthority
 
     tmp = tmp_path_factory.mktemp("fuzz-rc")
@@ -278,17 +276,8 @@ def rc_node(node_loop: LoopThread, tmp_path_factory: pytest.TempPathFactory) -> 
     raw = node_config("rcf", tmp / "state")
     raw["pki"] = {"ca": str(ca.cert_path), "cert": str(server.cert), "key": str(server.key)}
     raw["restconf"] = {"host": HOST, "port": 0}
-    cfg = parse_node_config(raw)
-
-    async def _start() -> Any:
-        node = Node(cfg)
-        await node.start()
-        return node
-
-    node = node_loop.run(_start())
-    sd = tmp / "state"
-    h = NodeHandle(HOST, node.netconf_port, USERNAME, PASSWORD, sd, host_key_b64(sd), node=node, loop=node_loop)
-    yield h, node.restconf_port, ca.cert_path
+    h = start_node(node_loop, raw)
+    yield h, h.node.restconf_port, ca.cert_path
     h.stop()
 
 

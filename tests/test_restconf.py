@@ -16,8 +16,8 @@ import pytest
 from lxml import etree
 
 from conftest import (
-    HOST, PASSWORD, USERNAME, NodeHandle, LoopThread, NSMAP, QKD_NS, host_key_b64, link_ids, link_xml,
-    links_config, new_uuid, node_config,
+    HOST, PASSWORD, USERNAME, NodeHandle, LoopThread, NSMAP, QKD_NS, link_ids, link_xml, links_config,
+    new_uuid, node_config, start_node,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -75,8 +75,6 @@ class Restconf:
 
 @pytest.fixture
 def rnode(tmp_path: Path, node_loop: LoopThread) -> Iterator[tuple[NodeHandle, Restconf]]:
-    from qkdnode.config import parse_node_config
-    from qkdnode.daemon import Node
     from qkdnode.pki import CertificateAuthority
 
     ca = CertificateAuthority(tmp_path / "pki")
@@ -87,16 +85,8 @@ def rnode(tmp_path: Path, node_loop: LoopThread) -> Iterator[tuple[NodeHandle, R
     raw = node_config("n1", sd)
     raw["pki"] = {"ca": str(ca.cert_path), "cert": str(server.cert), "key": str(server.key)}
     raw["restconf"] = {"host": HOST, "port": 0}
-    cfg = parse_node_config(raw)
-
-    async def _start() -> Any:
-        node = Node(cfg)
-        await node.start()
-        return node
-
-    node = node_loop.run(_start())
-    h = NodeHandle(HOST, node.netconf_port, USERNAME, PASSWORD, sd, host_key_b64(sd), node=node, loop=node_loop)
-    rc = Restconf(node.restconf_port, ca.cert_path, (admin.cert, admin.key), (stranger.cert, stranger.key))
+    h = start_node(node_loop, raw)
+    rc = Restconf(h.node.restconf_port, ca.cert_path, (admin.cert, admin.key), (stranger.cert, stranger.key))
     yield h, rc
     h.stop()
 
