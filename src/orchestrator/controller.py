@@ -85,9 +85,6 @@ class Orchestrator:
         self._border = set(inventory.border_nodes())
 
     # -- life cycle -------------------------------------------------------------------------------
-    def _border_ids(self) -> list[str]:
-        return [self.ids[n] for n in self._border if n in self.ids]
-
     async def _discover_all(self) -> list[tuple[str, NodeView | BaseException]]:
         """Our own nodes first, then the border nodes (read with what we know by then)."""
         out: list[tuple[str, NodeView | BaseException]] = []
@@ -136,8 +133,7 @@ class Orchestrator:
     # -- discovery ----------------------------------------------------------------------------------
     async def _discover(self, name: str) -> NodeView:
         if name in self._border:  # shared with other domains: read only what names our nodes
-            known = {q for n, q in self.ids.items() if n not in self._border} | set(self._border_ids())
-            view = await discover(self.sessions[name], known)
+            view = await discover(self.sessions[name], set(self.ids.values()), self.ids.get(name))
         else:
             view = await discover(self.sessions[name])
         old = self.model.nodes.get(view.qkdn_id)

@@ -239,15 +239,17 @@ def border_select(known: set[str]) -> str:
     return " | ".join(parts)
 
 
-async def discover(session: NodeSession, known: set[str] | None = None) -> NodeView:
+async def discover(session: NodeSession, known: set[str] | None = None, own_id: str | None = None) -> NodeView:
     """Everything the orchestrator needs of one node, in one or two `<get>`s. With `known` (a border
-    node): only what names nodes in `known` (and the node itself), see `border_select`."""
+    node): only what names nodes in `known` and the node itself (`own_id`, read from the node first
+    when not known yet), see `border_select`."""
     if known is None:
         data = await session.get(QKD_FILTER)
     else:
-        own = await session.get_xpath("/q:qkd_node/q:qkdn_id", {"q": QKD_NS})
-        qkdn_id = text(own.find(_q("qkd_node")), "qkdn_id")
-        data = await session.get_xpath(border_select(set(known) | {qkdn_id or ""}), {"q": QKD_NS})
+        if own_id is None:
+            own = await session.get_xpath("/q:qkd_node/q:qkdn_id", {"q": QKD_NS})
+            own_id = text(own.find(_q("qkd_node")), "qkdn_id")
+        data = await session.get_xpath(border_select(set(known) | {own_id or ""}), {"q": QKD_NS})
     view = parse_node(session.name, data)
     caps = await session.call(lambda m: list(m.server_capabilities))
     if serves_tapi(caps):
