@@ -8,6 +8,7 @@ Chain a - b - c - d, route a..d (VIRT links handed to each forwarder as the SDN 
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 import os
 import uuid
@@ -162,6 +163,14 @@ def assert_consumed(c: Chain, before: dict, after: dict, path: tuple[str, ...], 
             assert after[key] == before[key], f"{key} changed"
 
 
+async def assert_no_intents(c: Chain) -> None:
+    """Every relay intent was taken with its keys or withdrawn (withdrawals run in the background)."""
+    deadline = time.monotonic() + 5
+    while any(nd.store.intents() for nd in c.nodes.values()):
+        assert time.monotonic() < deadline, {n: nd.store.intents() for n, nd in c.nodes.items()}
+        await asyncio.sleep(0.02)
+
+
 async def test_relay_both_ways_and_exact_link_key_accounting(chain: Chain) -> None:
     for src, sae, dst, peer, path in (("a", "sae-a", "d", "sae-d", NAMES), ("d", "sae-d", "a", "sae-a", NAMES[::-1])):
         for n in (1, 5, 128):  # 128 keys: 129 link keys per hop, more than one store request
@@ -183,6 +192,7 @@ async def test_relay_both_ways_and_exact_link_key_accounting(chain: Chain) -> No
             assert status == 400  # delivered once only
     for nd in chain.nodes.values():
         assert not nd.fwd.pending and not +nd.fwd.linkkeys.reserved and not +nd.fwd._reserved_room
+    await assert_no_intents(chain)
 
 
 async def test_concurrent_relays_both_ways(chain: Chain) -> None:
@@ -254,6 +264,7 @@ async def test_exhausted_link_key_503_and_nothing_consumed(tmp_path: Path) -> No
         assert chain.snapshot() == before  # nothing consumed anywhere, no relay key stored
         for nd in chain.nodes.values():  # every reservation released
             assert not nd.fwd.pending and not +nd.fwd.linkkeys.reserved and not +nd.fwd._reserved_room
+        await assert_no_intents(chain)  # and every intent withdrawn: a restart would consume nothing
         status, body = await chain.enc("a", "sae-a", "sae-d", 1)
         assert status == 200, body
         assert_consumed(chain, before, chain.snapshot(), NAMES, 2)
@@ -271,6 +282,7 @@ async def test_missing_route_in_the_middle_503_nothing_consumed(chain: Chain) ->
     assert status == 503, body
     assert body["details"][0]["reason"] == "no-route" and "node b" in body["message"]
     assert chain.snapshot() == before
+    await assert_no_intents(chain)
     chain.nodes["b"].fwd.set_routes([routes["b"]])
     status, body = await chain.enc("a", "sae-a", "sae-d", 3)
     assert status == 200, body

@@ -353,3 +353,64 @@ def test_sigkill_loses_nothing_and_never_delivers_twice(tmp_path: Path) -> None:
         assert not {k for k, _ in drained} & ledger
         assert len(ledger) + len(drained) == st.last_seq + 1
         assert s.stats("l").available_total == 0
+
+
+# -- relay intents: takes without fsync, recovered at open ----------------------------------------------
+def test_intent_left_at_a_stop_consumes_its_keys_at_the_next_open(tmp_path: Path) -> None:
+    """An intent whose take never committed (a crash lost it, or it never ran) consumes that many of
+    the node's master keys at the next open, in seq order from the cursor, with the ledger names the
+    take would have written; the intent is then gone, so a second open consumes nothing more."""
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    st.add_association("l", "A", "B", master_parity=0, max_keys_per_request=8)
+    st.ingest("l", stream(40))  # 20 master keys: seqs 0, 2, ..., 38
+    first = st.take_for_master("l", "sae-1", "sae-2", 2, 256)  # seqs 0, 2
+    st.add_intent("r1", "l", 11, "forwarder:A", "forwarder:B")  # more than one request's limit
+    st.add_intent("r2", "l", 3, "forwarder:A", "forwarder:C")
+    assert st.intents() == {"l": 14}
+    st.close()
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    try:
+        assert st.intents() == {}
+        assert st.stats("l").available_for_masters == 20 - 2 - 14
+        assert st.stats("l").available_for_peer == 20
+        rows = sqlite3.connect(st.path).execute(
+            "SELECT seq, master_sae, slave_sae FROM delivery WHERE master_sae LIKE 'forwarder:%' ORDER BY seq").fetchall()
+        assert [r[0] for r in rows] == list(range(4, 4 + 2 * 14, 2))  # the next 14 after the cursor
+        assert [r[2] for r in rows] == ["forwarder:B"] * 11 + ["forwarder:C"] * 3
+        nxt = st.take_for_master("l", "sae-1", "sae-2", 1, 256)
+        assert nxt[0][0] == kid(32) and first[0][0] == kid(0)
+    finally:
+        st.close()
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    try:
+        assert st.stats("l").available_for_masters == 3  # nothing more consumed
+    finally:
+        st.close()
+
+
+def test_intent_taken_without_fsync_then_synced(tmp_path: Path) -> None:
+    """A take that deletes its intent commits without fsync; `sync` makes it durable (ticket), and
+    a reopen consumes nothing more. An intent bigger than what is left consumes what is left."""
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    st.add_association("l", "A", "B", master_parity=0, max_keys_per_request=8)
+    st.ingest("l", stream(20))  # 10 master keys
+    st.add_intent("r1", "l", 4, "forwarder:A", "forwarder:B")
+    synced = st.synced
+    batch = st.begin_batch([MasterRequest("l", "forwarder:A", "forwarder:B", 4, 256)], durable=False,
+                           drop_intents=["r1"])
+    assert batch is not None
+    (taken,) = st.finish_batch(batch)
+    assert len(taken) == 4 and batch.ticket > synced  # type: ignore[arg-type]
+    assert st.synced < batch.ticket and st.intents() == {}
+    st.sync(batch.ticket)
+    assert st.synced >= batch.ticket
+    st.add_intent("r2", "l", 50, "forwarder:A", "forwarder:B")
+    st.close()
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    try:
+        assert st.stats("l").available_for_masters == 0 and st.intents() == {}
+        assert st.stats("l").delivered == 10
+        with pytest.raises(UnknownAssociation):
+            st.add_intent("r3", "nope", 1, "x", "y")
+    finally:
+        st.close()

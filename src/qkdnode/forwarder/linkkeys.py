@@ -1,30 +1,38 @@
-"""The link key associations of a node as the forwarder uses them: reservations and takes.
+"""The link key associations of a node as the forwarder uses them: reservations, intents and takes.
 
 * **Reservations** (in memory): the link keys prepared relays will take, per association. A
   prepare reserves against `available_for_masters` (this node's parity half); 014 masters on the
   same association are held to what is not reserved (`RelayCommitter`).
-* **The sender's half of a hop at the origin**: `take_out`, through the group committer.
-* **A hop at a relaying node or the target**: `take_hop`, one store transaction (`begin_batch` ...
-  `finish_batch` in a worker thread) that takes the link keys the previous hop named (its parity,
-  all or nothing), checks the tag with them, and takes this node's reserved keys for the next hop;
-  it is committed (one fsync) only if all of that holds, else rolled back (`OpenBatch.fail`), so a
-  failed hop takes nothing for the next hop. Link keys are durably consumed before any ciphertext
-  made with them leaves the node, so a crash can never reuse a pad.
+* **Intents** (durable, `intend`): a sender records, while its prepare travels on, how many keys
+  of its half the hop will take (`KeyStore.add_intent`; every node of the path does it at the same
+  time, so the fsyncs overlap instead of adding up hop by hop). A relay that will not be committed
+  withdraws its intent.
+* **A hop's take** (`take_hop`): one store transaction that takes the link keys the previous hop
+  named (its parity, all or nothing), checks the tag with them, and takes this node's reserved keys
+  for the next hop, deleting the intent; committed only if all of that holds, else rolled back
+  (`OpenBatch.fail`), so a failed hop takes nothing for the next hop. It commits *without* fsync:
+  the out keys are covered by the intent (a crash that loses the take consumes them again at the
+  next open: `keystore.recovery`), and the node makes the transaction durable (`barrier`) while the
+  next hop works, before it answers upstream. So a pad is never reused, and a relay answered to the
+  origin is durable on every node.
 Ledger rows of link keys name the hop: master `forwarder:<sender>`, slave `forwarder:<receiver>`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..keystore.committer import GroupCommitter
 from ..keystore.errors import KeysNotAvailable, KeyStoreError
 from ..keystore.store import KeyStore
 from ..keystore.types import Delivery, MasterRequest, SlaveRequest
-from .errors import LinkKeyMismatch, LinkKeyShort, MacMismatch
+from .errors import LinkKeyMismatch, LinkKeyShort, MacMismatch, RelayError
+
+log = logging.getLogger(__name__)
 
 WAIT_S = 1.0  # how long a receiver waits for its own feeder to store link keys the sender named
 
@@ -63,34 +71,50 @@ class LinkKeys:
     def release(self, link_id: str, m: int) -> None:
         self.reserved[link_id] -= m
 
-    # -- takes --------------------------------------------------------------------------------------
-    async def take_out(self, link_id: str, m: int, peer: str) -> Delivery:
-        """Take m reserved link keys of this node's parity (oldest first) for a hop to `peer`;
-        the reservation goes with them."""
-        st = self.store.stats(link_id)
-        lim = st.max_keys_per_request
+    # -- intents ------------------------------------------------------------------------------------
+    async def intend(self, relay_id: str, link_id: str, m: int, peer: str) -> None:
+        """Record durably that relay `relay_id` will take m keys of this node's half for `peer`."""
         master, slave = ledger(self.node_name, peer)
-        reqs = [MasterRequest(link_id, master, slave, min(lim, m - i), st.key_size_bits) for i in range(0, m, lim)]
-        results = await asyncio.gather(*(self.committer.deliver(r) for r in reqs), return_exceptions=True)
-        self.release(link_id, m)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            got = sum(len(r) for r in results if not isinstance(r, BaseException))  # type: ignore[arg-type]
-            raise LinkKeyShort(f"{self.where}: could not take {m} link keys for {peer} "
-                               f"({_describe(failed[0])}; {got} taken)")
-        self.counters["link_keys_sent"] += m
-        return [kv for r in results for kv in r]  # type: ignore[union-attr]
+        try:
+            await asyncio.to_thread(self.store.add_intent, relay_id, link_id, m, master, slave)
+        except KeyStoreError as err:
+            raise LinkKeyShort(f"{self.where}: cannot reserve link keys for {peer} ({_describe(err)})") from None
 
-    async def take_hop(self, in_link: str, in_ids: list[str], peer: str, out: tuple[str, int, str] | None,
-                       verify: Verify, relay_id: str) -> tuple[bytes, Delivery]:
-        """One hop's store transaction (see the module docstring): the named link keys from `peer`,
-        checked by `verify`, and `out` = (link, m, next peer) reserved keys for the next hop, whose
-        reservation goes with them. On a bad tag the named keys are then taken on their own, as the
-        sender took its copies. Returns (the named link keys' bytes, the next hop's link keys)."""
-        st = self.store.stats(in_link)
-        lim = st.max_keys_per_request
-        master, slave = ledger(peer, self.node_name)
-        in_reqs = [SlaveRequest(in_link, tuple(in_ids[i:i + lim]), master, slave) for i in range(0, len(in_ids), lim)]
+    async def withdraw(self, relay_id: str, intent: Awaitable[None] | None = None) -> None:
+        """Drop the intent of a relay that will not take its keys (once its write is done)."""
+        if intent is not None:
+            try:
+                await intent
+            except Exception:
+                return  # never recorded
+        try:
+            await asyncio.to_thread(self.store.drop_intents, [relay_id])
+        except KeyStoreError as err:  # a surviving intent only costs its keys at the next open
+            log.warning("%s: %s", self.where, _describe(err))
+
+    async def barrier(self, ticket: int) -> None:
+        """Until the store transaction `ticket` is durable (one fsync shared by the waiters)."""
+        if self.store.synced < ticket:
+            try:
+                await asyncio.to_thread(self.store.sync, ticket)
+            except KeyStoreError as err:
+                raise RelayError(f"{self.where}: key store not durable ({_describe(err)})") from None
+
+    # -- takes --------------------------------------------------------------------------------------
+    async def take_hop(self, in_link: str | None, in_ids: list[str], peer: str | None,
+                       out: tuple[str, int, str] | None, verify: Verify | None,
+                       relay_id: str) -> tuple[bytes, Delivery, int]:
+        """One hop's store transaction (see the module docstring): the named link keys from `peer`
+        (none at the origin), checked by `verify`, and `out` = (link, m, next peer) reserved keys for
+        the next hop, whose reservation and intent go with them. On a bad tag the named keys are then
+        taken on their own, as the sender took its copies. Returns (the named link keys' bytes, the
+        next hop's link keys, the transaction's ticket for `barrier`)."""
+        in_reqs: list[SlaveRequest] = []
+        if in_link is not None:
+            assert peer is not None
+            lim = self.store.stats(in_link).max_keys_per_request
+            master, slave = ledger(peer, self.node_name)
+            in_reqs = [SlaveRequest(in_link, tuple(in_ids[i:i + lim]), master, slave) for i in range(0, len(in_ids), lim)]
         out_reqs: list[MasterRequest] = []
         if out is not None:
             out_link, m, out_peer = out
@@ -101,31 +125,41 @@ class LinkKeys:
                         for i in range(0, m, olim)]
         deadline = time.monotonic() + WAIT_S
         while True:
-            last = self.store.stats(in_link).last_seq
-            status, material, taken, detail = await asyncio.to_thread(self._hop_tx, in_reqs, out_reqs, verify)
+            last = self.store.stats(in_link).last_seq if in_link is not None else 0
+            # on the loop when the store is free (no thread hand-off: no fsync is waited for)
+            done = self._hop_tx(in_reqs, out_reqs, verify, relay_id, blocking=False)
+            if done is None:
+                done = await asyncio.to_thread(self._hop_tx, in_reqs, out_reqs, verify, relay_id)
+            status, material, taken, detail, ticket = done
             if status == "ok":
                 if out is not None:
                     self.release(out[0], out[1])
                     self.counters["link_keys_sent"] += len(taken)
-                return material, taken
-            if status == "unknown" and time.monotonic() < deadline:  # our feeder has not stored them yet
+                return material, taken, ticket
+            if status == "unknown" and in_link is not None and time.monotonic() < deadline:
+                # our feeder has not stored them yet
                 while self.store.stats(in_link).last_seq == last and time.monotonic() < deadline:
                     await asyncio.sleep(0.002)
                 continue
             if status == "mac":
                 self.counters["mac_failures"] += 1
-                await asyncio.to_thread(self._hop_tx, in_reqs, [], None)
+                await asyncio.to_thread(self._hop_tx, in_reqs, [], None, None, True, True)
                 raise MacMismatch(f"{self.where}: tag of the hop from {peer} does not verify; "
                                   f"relay {relay_id} dropped")
             if status == "short":
                 raise LinkKeyShort(f"{self.where}: could not take the reserved link keys ({detail})")
             raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available ({detail})")
 
-    def _hop_tx(self, in_reqs: list[SlaveRequest], out_reqs: list[MasterRequest],
-                verify: Verify | None) -> tuple[str, bytes, Delivery, str]:
-        """(worker thread) The transaction of `take_hop`: status ok | unknown | mismatch | mac | short
-        | storage, the named link keys' bytes and the taken link keys (both empty unless ok)."""
-        batch = self.store.begin_batch([*in_reqs, *out_reqs])
+    def _hop_tx(self, in_reqs: list[SlaveRequest], out_reqs: list[MasterRequest], verify: Verify | None,
+                relay_id: str | None, blocking: bool = True, durable: bool = False,
+                ) -> tuple[str, bytes, Delivery, str, int] | None:
+        """The transaction of `take_hop`: status ok | unknown | mismatch | mac | short | storage, the
+        named link keys' bytes and the taken link keys (both empty unless ok), the ticket; None if
+        not blocking and the store is busy."""
+        batch = self.store.begin_batch([*in_reqs, *out_reqs], blocking=blocking, durable=durable,
+                                       drop_intents=(relay_id,) if out_reqs and relay_id else ())
+        if batch is None:
+            return None
         status, detail, material, taken = "ok", "", b"", []
         try:
             results = list(batch.results)
@@ -152,5 +186,5 @@ class LinkKeys:
         if status == "ok" and any(isinstance(r, KeyStoreError) for r in final):
             status, detail = "storage", "commit failed"
         if status != "ok":
-            return status, b"", [], detail
-        return status, material, taken, detail
+            return status, b"", [], detail, 0
+        return status, material, taken, detail, batch.ticket

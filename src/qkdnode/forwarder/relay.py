@@ -116,6 +116,7 @@ class Pending:
     out_route: str | None = None
     out_origin: str | None = None
     out_target: str | None = None
+    intent: asyncio.Future[None] | None = None  # the durable intent of this hop's out keys, until taken
     expires: float = field(default_factory=lambda: time.monotonic() + PREPARE_TTL_S)
 
 
@@ -281,6 +282,9 @@ class Forwarder:
         if p.out_link is not None and p.out_link_keys:
             self.linkkeys.release(p.out_link, p.out_link_keys)
             p.out_link_keys = 0
+        if p.intent is not None:  # not taken: the intent goes (after its write, if still running)
+            self._spawn(self.linkkeys.withdraw(p.relay_id, p.intent))
+            p.intent = None
         if p.room:
             self._reserved_room[p.route_id] -= p.room
             p.room = 0
@@ -383,8 +387,16 @@ class Forwarder:
             target=p.out_target or p.target, hop=p.hop + 1, link_id=out_link, keys=p.n,
             key_size_bits=p.key_size_bits, link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
         )
+        # the intent is written while the prepare travels on: the path's fsyncs overlap
+        p.intent = asyncio.ensure_future(self.linkkeys.intend(p.relay_id, out_link, m, down.name))
         reply = await self.channels.call(down, "prepare", nxt, CALL_TIMEOUT_S)
         p.hops = reply.hops + 1
+        try:
+            await p.intent
+        except RelayError:
+            p.intent = None
+            self._spawn(self._abort_downstream(p, "intent not recorded"))
+            raise
         return p
 
     async def _await_link_seq(self, link_id: str, seq: int, peer: str) -> None:
@@ -426,17 +438,22 @@ class Forwarder:
 
             assert p.in_link is not None
             out = (p.out_link, p.out_link_keys, p.downstream.name) if p.downstream and p.out_link else None
-            material, taken = await self.linkkeys.take_hop(p.in_link, list(msg.link_key_ids), caller_name,
-                                                           out, verify, p.relay_id)
-            p.out_link_keys = 0  # taken: the reservation went with them
+            material, taken, ticket = await self.linkkeys.take_hop(p.in_link, list(msg.link_key_ids), caller_name,
+                                                                   out, verify, p.relay_id)
+            p.out_link_keys, p.intent = 0, None  # taken: the reservation and the intent went with them
             plain = xor(msg.ciphertext, split_material(material, n * kb)[1])
             keys = [plain[i * kb:(i + 1) * kb] for i in range(n)]
             if self.node_id == p.target and p.out_route is None:
-                await self._store(p, list(msg.key_ids), keys)
+                await self._store(p, list(msg.key_ids), keys)  # durable: so is the take before it
                 self.counters["relays_stored"] += 1
                 self.counters["keys_terminated"] += n
                 return pb.CommitReply(stored=n)
-            reply = await self._forward(p, list(msg.key_ids), keys, taken)
+            # the take becomes durable while the next hops work, before this node answers upstream
+            durable = asyncio.ensure_future(self.linkkeys.barrier(ticket))
+            try:
+                reply = await self._forward(p, list(msg.key_ids), keys, taken)
+            finally:
+                await durable
             self.counters["relays_forwarded"] += 1
             self.counters["keys_forwarded"] += n
             return reply
@@ -470,9 +487,10 @@ class Forwarder:
                        taken: Delivery | None = None) -> pb.CommitReply:
         """Pad and tag the keys with this hop's link keys (taken here unless `taken`), send them on."""
         assert p.downstream is not None and p.out_link is not None
-        if taken is None:
-            m, p.out_link_keys = p.out_link_keys, 0
-            taken = await self.linkkeys.take_out(p.out_link, m, p.downstream.name)
+        if taken is None:  # the origin: its store commits durably once the far end has the keys
+            out = (p.out_link, p.out_link_keys, p.downstream.name)
+            taken = (await self.linkkeys.take_hop(None, [], None, out, None, p.relay_id))[1]
+            p.out_link_keys, p.intent = 0, None
         payload = b"".join(keys)
         mac_key, pad = split_material(b"".join(k for _, k in taken), len(payload))
         msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.out_route or p.route_id, origin=p.out_origin or p.origin,

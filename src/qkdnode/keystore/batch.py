@@ -11,10 +11,12 @@ from .types import Delivery
 class OpenBatch:
     """A group of delivery requests whose transaction is open (see `KeyStore.begin_batch`)."""
 
-    __slots__ = ("size", "results", "touched", "began", "error")
+    __slots__ = ("size", "results", "touched", "began", "error", "durable", "ticket")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, durable: bool = True) -> None:
         self.size = size
+        self.durable = durable  # False: COMMIT without fsync (see KeyStore.sync)
+        self.ticket = 0  # the store's commit count once committed (KeyStore.sync(ticket))
         self.results: list[Delivery | KeyStoreError] = []
         self.touched: set[str] = set()
         self.began = False

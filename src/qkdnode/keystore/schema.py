@@ -33,4 +33,16 @@ CREATE TABLE IF NOT EXISTS delivery(
     delivered_at REAL NOT NULL,
     PRIMARY KEY (assoc_id, seq)
 ) WITHOUT ROWID;
+-- Link keys a prepared relay will take from this node's master half (see KeyStore.add_intent): a
+-- crash may lose the (non-durable) take, never the intent, so the next open consumes that many.
+CREATE TABLE IF NOT EXISTS intent(
+    relay_id TEXT PRIMARY KEY,
+    assoc_id TEXT NOT NULL REFERENCES association(assoc_id),
+    n INTEGER NOT NULL CHECK (n > 0),
+    master_sae TEXT NOT NULL,
+    slave_sae TEXT NOT NULL
+) WITHOUT ROWID;
+-- One row whose update is the durable commit of KeyStore.sync (a durability barrier).
+CREATE TABLE IF NOT EXISTS barrier(id INTEGER PRIMARY KEY CHECK (id = 0), n INTEGER NOT NULL);
+INSERT OR IGNORE INTO barrier VALUES (0, 0);
 """

@@ -54,6 +54,7 @@ from itertools import islice
 from pathlib import Path
 
 from .batch import BatchWriter, OpenBatch
+from .recovery import recover_intents
 from .errors import (
     AssociationConflict,
     BadRequest,
@@ -99,7 +100,8 @@ class KeyStore:
         self.path = self.state_dir / self.FILE_NAME
         self.block_keys = block_keys
         self._lock = threading.Lock()
-        self._writes = 0  # committed write transactions, for the checkpointer
+        self._writes = 0  # committed write transactions, for the checkpointer and KeyStore.sync
+        self._synced = 0  # every transaction up to this count is durable
         self._lockfile = os.open(self.state_dir / (self.FILE_NAME + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lockfile, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -119,6 +121,7 @@ class KeyStore:
                 conn.execute(f"PRAGMA {pragma}")
             conn.executescript(SCHEMA)
             self._load()
+            recover_intents(self)
         except BaseException:
             if self._conn is not None:
                 self._conn.close()
@@ -366,6 +369,7 @@ class KeyStore:
                 self._rollback_and_reload()
                 raise StorageError(f"ingest failed: {e}") from e
             self._writes += 1
+            self._synced = self._writes
             if purge:
                 a.remove(purge)
             for b in new_blocks:
@@ -404,20 +408,25 @@ class KeyStore:
         assert batch is not None
         return self.finish_batch(batch)
 
-    def begin_batch(self, requests: Sequence[DeliveryRequest], *,
-                    blocking: bool = True) -> OpenBatch | None:
+    def begin_batch(self, requests: Sequence[DeliveryRequest], *, blocking: bool = True,
+                    durable: bool = True, drop_intents: Sequence[str] = ()) -> OpenBatch | None:
         """Phase 1 of `deliver_batch`: do all the work in an open transaction, without the fsync.
 
         Takes the store lock and keeps it until `finish_batch`, which may run in another thread
         (the event loop does phase 1, a commit thread does phase 2). With blocking=False, returns
         None at once if the store is busy. Nothing is released to callers before phase 2.
+        durable=False commits without fsync: only for takes covered by an intent (`add_intent`)
+        or followed by `sync` before anything depends on them. `drop_intents` are deleted in the
+        same transaction (the takes they announced are these).
         """
         if not self._lock.acquire(blocking):
             return None
-        batch = OpenBatch(len(requests))
+        batch = OpenBatch(len(requests), durable)
         writer = BatchWriter(self._conn)
         try:
             conn = self._db()
+            if not durable:
+                conn.execute("PRAGMA synchronous=OFF")
             for req in requests:
                 try:
                     a = self._assoc(req.assoc_id)
@@ -431,6 +440,8 @@ class KeyStore:
                 batch.results.append(self._apply(writer, a, plan, req))
                 batch.touched.add(req.assoc_id)
             writer.flush()
+            if batch.began and drop_intents:
+                conn.executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in drop_intents])
         except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
             batch.fail(e)
             writer.discard()
@@ -443,16 +454,89 @@ class KeyStore:
                 try:
                     self._db().execute("COMMIT")
                     self._writes += 1
+                    if batch.durable:
+                        self._synced = self._writes
                 except Exception as e:
                     batch.fail(e)
             if batch.error is not None:
                 self._rollback_and_reload()
                 return [StorageError(batch.error) for _ in range(batch.size)]
+            batch.ticket = self._writes
             for aid in batch.touched:
                 self._stats[aid] = self._make_stats(self._assocs[aid])
             return batch.results
         finally:
+            if not batch.durable and self._conn is not None:
+                try:
+                    self._conn.execute("PRAGMA synchronous=FULL")
+                except sqlite3.Error:
+                    log.error("key store %s: cannot restore synchronous=FULL", self.path)
             self._lock.release()
+
+    # -- intents and durability barriers --------------------------------------------------------
+
+    def add_intent(self, relay_id: str, assoc_id: str, n: int, master_sae: str, slave_sae: str) -> None:
+        """Record, durably, that a prepared relay will take n keys of this node's master half of
+        `assoc_id`. The take itself may then commit without fsync (`begin_batch(durable=False,
+        drop_intents=...)`): if a crash loses it, the intent survives and the next open consumes
+        that many keys (`recover_intents`), so a pad that may have left the node is never reused."""
+        with self._lock:
+            self._assoc(assoc_id)
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO intent VALUES (?, ?, ?, ?, ?)", (relay_id, assoc_id, n, master_sae, slave_sae))
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback_and_reload()
+                raise StorageError(f"recording a relay intent failed: {e}") from e
+            self._writes += 1
+            self._synced = self._writes
+
+    def drop_intents(self, relay_ids: Sequence[str]) -> None:
+        """Forget intents whose relays will not take their keys (without fsync: an intent a crash
+        brings back only costs its keys)."""
+        with self._lock:
+            conn = self._db()
+            conn.execute("PRAGMA synchronous=OFF")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in relay_ids])
+                conn.execute("COMMIT")
+                self._writes += 1
+            except sqlite3.Error as e:
+                self._rollback_and_reload()
+                raise StorageError(f"dropping relay intents failed: {e}") from e
+            finally:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    def intents(self) -> dict[str, int]:
+        """Keys announced by recorded intents, per association."""
+        with self._lock:
+            return dict(self._db().execute("SELECT assoc_id, sum(n) FROM intent GROUP BY assoc_id").fetchall())
+
+    @property
+    def synced(self) -> int:
+        """Commits up to this count are durable (compare with `OpenBatch.ticket`)."""
+        return self._synced
+
+    def sync(self, ticket: int) -> None:
+        """Durability barrier: when this returns, every commit up to `ticket` is durable. In WAL
+        mode one fsync of a later commit persists all frames before it, so this is one small durable
+        commit (shared by every waiter up to it), or nothing if one happened since."""
+        with self._lock:
+            if self._synced >= ticket:
+                return
+            conn = self._db()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE barrier SET n = n + 1 WHERE id = 0")
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                self._rollback_and_reload()
+                raise StorageError(f"key store sync failed: {e}") from e
+            self._writes += 1
+            self._synced = self._writes
 
     def _plan_master(self, a: AssocMirror, req: MasterRequest) -> Plan:
         info = a.info
