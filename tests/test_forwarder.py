@@ -126,7 +126,10 @@ async def make_chain(tmp: Path, link_keys: dict[tuple[str, str], int] | None = N
         nodes[n] = Node(n, ids[n], stores[n], fwd, api, links[n])
     chain = Chain(nodes, certs, ca, link_ids)
     chain.install([chain.route(NAMES, apps=tuple(SAES))])
-    await asyncio.sleep(0.05)  # relay associations are created in the background
+    deadline = time.monotonic() + 10  # relay associations are created in the background
+    while not all(ROUTE in nodes[n].fwd._assoc_ready for n in (NAMES[0], NAMES[-1])):
+        assert time.monotonic() < deadline, "relay key associations not created"
+        await asyncio.sleep(0.01)
     return chain
 
 

@@ -119,23 +119,24 @@ class _Servicer(pb_grpc.KeyRelayServicer):
             async with write_lock:
                 await context.write(reply)
 
-        closing = asyncio.ensure_future(self.closing.wait())
-        try:
-            while True:
-                read = asyncio.ensure_future(context.read())
-                await asyncio.wait((read, closing), return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    read.cancel()
-                    break
-                msg = read.result()
-                if msg is grpc.aio.EOF:
-                    break
+        async def read_all() -> None:
+            while (msg := await context.read()) is not grpc.aio.EOF:
                 t = asyncio.create_task(serve(msg))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
+
+        # one waiter for the whole stream (not one per message): it ends at EOF or when the server closes
+        reading = asyncio.ensure_future(read_all())
+        closing = asyncio.ensure_future(self.closing.wait())
+        try:
+            await asyncio.wait((reading, closing), return_when=asyncio.FIRST_COMPLETED)
+            if not reading.done():
+                reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
             await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             closing.cancel()
+            reading.cancel()
             for t in tasks:
                 t.cancel()
 
@@ -181,6 +182,11 @@ class RelayServer:
             self.server = None
 
 
+def _expire(fut: asyncio.Future[pb.HopMessage]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
+
+
 class HopStream:
     """The client end of one Hop stream to a neighbour: concurrent requests, replies by call_id."""
 
@@ -218,20 +224,23 @@ class HopStream:
         if self.broken:
             raise PeerUnreachable(f"neighbour {self.peer}: stream closed")
         call_id = next(self._ids)
-        fut: asyncio.Future[pb.HopMessage] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[pb.HopMessage] = loop.create_future()
         self._waiting[call_id] = fut
         msg = pb.HopMessage(call_id=call_id)
         getattr(msg, field).CopyFrom(body)
+        expiry = loop.call_later(timeout, _expire, fut)  # cheaper than wait_for, on every message
         try:
             async with self._write_lock:
                 await self._call.write(msg)
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as err:
             self.broken = True
             raise PeerUnreachable(f"neighbour {self.peer}: {type(err).__name__}") from None
         except TimeoutError:
             raise PeerUnreachable(f"neighbour {self.peer}: no answer within {timeout:.0f} s") from None
         finally:
+            expiry.cancel()
             self._waiting.pop(call_id, None)
 
     async def close(self) -> None:
