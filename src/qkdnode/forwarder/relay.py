@@ -388,11 +388,12 @@ class Forwarder:
             key_size_bits=p.key_size_bits, link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
         )
         # the intent is written while the prepare travels on: the path's fsyncs overlap
-        p.intent = asyncio.ensure_future(self.linkkeys.intend(p.relay_id, out_link, m, down.name))
+        # (a local reference: the sweeper may release an expired reservation meanwhile, intent and all)
+        intent = p.intent = asyncio.ensure_future(self.linkkeys.intend(p.relay_id, out_link, m, down.name))
         reply = await self.channels.call(down, "prepare", nxt, CALL_TIMEOUT_S)
         p.hops = reply.hops + 1
         try:
-            await p.intent
+            await intent
         except RelayError:
             p.intent = None
             self._spawn(self._abort_downstream(p, "intent not recorded"))
