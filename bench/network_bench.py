@@ -9,7 +9,8 @@ subprocess, and timed from the command's start until it is up:
   and every declared route is `up` (`GET /routes`).
 
 * `net.boot_9`: the MadQCI twin (topologies/madqci.yaml: 9 nodes, 2 domains).
-* `net.boot_50`: a generated network of 50 nodes, a random 3-regular mesh (75 fibres of 40-70 km: key rates of a few hundred kbit/s, so that 150 simulated modules do not saturate two cores),
+* `net.boot_50`: a generated network of 50 nodes, a random 3-regular mesh (75 fibres of 40-70 km: key rates of 0.5-2 Mbit/s,
+  ~300,000 keys a second over the network while the key stores and module buffers fill, which takes most of two cores during the boot),
   one DV BB84 module pair on every fibre (simulated in 1 s steps, `tick_s`), one SAE on every node, and 10 declared key routes
   between random SAE pairs; one domain. Target: < 60 s on this 2-core machine.
 * `net.rss_per_node`: on the 50-node network once up, the mean proportional set size (PSS) of the

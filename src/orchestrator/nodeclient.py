@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import ncclient.transport.session as _nc_session
 from lxml import etree
 from ncclient import manager
+from ncclient.transport.errors import TransportError
 
-# ncclient polls its reply queue every TICK seconds (0.1 as shipped): ~100 ms per RPC.
-_nc_session.TICK = 0.001
+# ncclient's session thread sends a queued RPC only between two polls of its channel, every TICK
+# seconds (0.1 as shipped: up to 100 ms per RPC). A short TICK made RPCs fast but turned every idle
+# session into a busy loop (at 1 ms, the orchestrator's 100 sessions of a 50-node network took a
+# whole core doing nothing). `connect` therefore makes `send` write to the SSH channel directly
+# (`_send_directly`): the session thread only reads, and TICK only bounds how soon it notices a
+# closed session. The SSH transport thread polls its socket likewise (paramiko: 0.1 s).
+_nc_session.TICK = 0.5
+_TRANSPORT_POLL_S = 0.5
 
 QKD_NS = "urn:etsi:qkd:yang:etsi-qkd-node"
 NS = {"q": QKD_NS}
@@ -32,11 +40,40 @@ class NetconfEndpoint:
 def connect(ep: NetconfEndpoint, timeout: float = 10.0) -> manager.Manager:
     # With `host_key` the server must present exactly that key; without one (a lab inventory
     # written by hand) the key is not checked: production inventories carry host keys.
-    return manager.connect(
+    m = manager.connect(
         host=ep.host, port=ep.port, username=ep.username, password=ep.password,
         hostkey_verify=ep.host_key is not None, hostkey_b64=ep.host_key,
         look_for_keys=False, allow_agent=False, timeout=timeout,
     )
+    _send_directly(m)
+    return m
+
+
+def _send_directly(m: manager.Manager) -> None:
+    """Frame and write each message on the caller's thread (paramiko channels may be written from
+    one thread while another reads), instead of queueing it for ncclient's session thread."""
+    session = m._session
+    channel = getattr(session, "_channel", None)
+    if channel is None:  # not an SSH session: keep ncclient's own queue
+        return
+    lock = threading.Lock()
+
+    def send(message: str) -> None:
+        if not session.connected:
+            raise TransportError("Not connected to NETCONF server")
+        data = message.encode()
+        if session._base == _nc_session.NetconfBase.BASE_11:
+            data = b"\n#%d\n%s%s" % (len(data), data, _nc_session.END_DELIM)
+        else:
+            data += _nc_session.MSG_DELIM
+        with lock:
+            channel.sendall(data)
+
+    session.send = send
+    transport = getattr(session, "_transport", None)
+    sock = getattr(transport, "sock", None)
+    if sock is not None and hasattr(sock, "settimeout"):
+        sock.settimeout(_TRANSPORT_POLL_S)
 
 
 def local(el: etree._Element, path: str) -> str | None:

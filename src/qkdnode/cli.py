@@ -26,6 +26,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
                         format=f"%(asctime)s {cfg.name} %(name)s %(levelname)s %(message)s")
     from .daemon import run_node
     from .eventloop import run
+    from .memory import tune
+
+    tune()  # malloc settings of a node daemon (qkdnode/memory.py); a forked node has them already
 
     run(run_node(cfg))
     return 0

@@ -157,8 +157,14 @@ class Node:
 
 
 async def run_node(cfg: NodeConfig) -> None:
+    import asyncio
+
+    from .memory import trim_periodically
+
     node = Node(cfg)
     await node.start()
     print(f"READY {cfg.name} netconf={node.netconf_port}", flush=True)
+    trimmer = asyncio.get_running_loop().create_task(trim_periodically(), name="malloc-trim")
     await wait_for_stop_signal()  # arms the hard stop: the process is gone HARD_STOP_S after the signal
+    trimmer.cancel()
     await node.stop()

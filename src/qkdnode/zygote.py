@@ -260,6 +260,9 @@ class Zygote:
 
 def main() -> int:
     _die_with_parent(signal.SIGTERM)
+    from qkdnode.memory import tune
+
+    tune()  # malloc settings, inherited by every node forked from here (qkdnode/memory.py)
     preload()
     gc.collect()
     gc.freeze()  # the imported heap stays out of the collector: its pages stay shared after fork

@@ -21,6 +21,7 @@ Wire format (all integers big-endian)::
     REFUSE   2  reason:str                                  (then the sender closes)
     TICK     3  block:u64 up:u8 skr_bps:f64 qber:f64? snr:f64? excess_noise:f64? loss_db:f64
                 loss_set_at:f64 n:u32 key_bytes:u16 reason:str  n x (key_id:16s seq:i64 key[key_bytes])
+                (held as one `KeyRun` in memory: IDs, seqs and key bytes each packed)
     ACK      4  block:u64 room:u32                          receiver -> transmitter
     COMMIT   5  block:u64                                   transmitter -> receiver
     SET_LOSS 6  loss_db:f64 set_at:f64                      receiver -> transmitter
@@ -36,9 +37,11 @@ import enum
 import logging
 import math
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .keyrun import KeyRun
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +125,17 @@ class Tick:
     loss_db: float
     loss_set_at: float
     key_bytes: int
-    keys: tuple[WireKey, ...] = ()
+    #: the keys, as one packed run (a sequence of WireKey given here is converted)
+    keys: KeyRun | Sequence[WireKey] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keys, KeyRun):
+            object.__setattr__(self, "keys", KeyRun.of(self.keys, self.key_bytes))
+
+    @property
+    def run(self) -> KeyRun:
+        assert isinstance(self.keys, KeyRun)
+        return self.keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,16 +227,15 @@ def encode(frame: Frame) -> bytes:
         body, kind = _s(frame.reason), FrameType.REFUSE
     elif isinstance(frame, Tick):
         kb = frame.key_bytes
-        key = struct.Struct(f">16sq{kb}s")
-        for k in frame.keys:
-            if len(k.key_id) != 16 or len(k.key) != kb:
-                raise ValueError("key IDs must be 16 bytes and keys key_bytes long")
+        run = frame.run
+        if run.key_bytes != kb:
+            raise ValueError("key IDs must be 16 bytes and keys key_bytes long")
         body = b"".join((
             _TICK.pack(frame.block, frame.up, frame.skr_bps, _opt(frame.qber), _opt(frame.snr),
                        _opt(frame.excess_noise), frame.loss_db, frame.loss_set_at,
-                       len(frame.keys), kb),
+                       len(run), kb),
             _s(frame.reason),
-            *(key.pack(k.key_id, k.seq, k.key) for k in frame.keys),
+            run.to_records(),
         ))
         kind = FrameType.TICK
     elif isinstance(frame, Ack):
@@ -263,10 +275,9 @@ def decode(kind: int, body: bytes) -> Frame:
         block, up, skr, qber, snr, xi, loss, loss_at, n, kb = r.take(_TICK)
         reason = r.string()
         data = r.rest()
-        key = struct.Struct(f">16sq{kb}s")
-        if len(data) != n * key.size:
+        if len(data) != n * (24 + kb) or (n and not kb):
             raise FrameError("key block length does not match its key count")
-        keys = tuple(WireKey(kid, seq, mat) for kid, seq, mat in key.iter_unpack(data)) if n else ()
+        keys = KeyRun.from_records(data, n, kb)
         return Tick(block, bool(up), reason, skr, _unopt(qber), _unopt(snr), _unopt(xi), loss,
                     loss_at, kb, keys)
     elif ftype is FrameType.ACK:

@@ -27,14 +27,12 @@ module's export buffer that these routes read. Key bytes, headers and bodies are
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import ssl
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Protocol
 
 from aiohttp import web
@@ -47,7 +45,9 @@ from ..keystore.errors import (
     Unauthorized,
 )
 from ..keystore.etsi014 import ENC_FIELDS, guarded, int_param, json_object
+from ..keystore.keyjson import ack_body, ack_count, keys_body
 from ..pki import peer_common_name
+from .keyrun import KeyRun, uuid_texts
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,8 @@ __all__ = [
 
 PREFIX = "/api/v1/keys"
 ACK_PATH = "ack"
+_ACK_ITEM_FIELDS = frozenset({"key_ID", "key_ID_extension"})
+
 def _json(status: int, body: object) -> web.Response:
     return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json")
 
@@ -79,60 +81,132 @@ class NotServed(ValueError):
 
 
 class KeyBuffer:
-    """A module's committed keys in seq order, bounded; served keys stay until acknowledged."""
+    """A module's committed keys in seq order, bounded; served keys stay until acknowledged.
+
+    Held as packed `KeyRun`s (no object per key: see `qkdnode.devices.keyrun`). Keys are served
+    from the front in seq order, so the served keys are always a prefix of the buffer; their UUID
+    texts are kept (`_served`) to answer the acknowledgement of that prefix without per-key work.
+    """
 
     def __init__(self, max_keys: int) -> None:
         self.max_keys = max_keys
-        self._keys: OrderedDict[str, BufferedKey] = OrderedDict()
-        self._served: set[str] = set()
+        self._runs: deque[KeyRun] = deque()
+        self._n = 0
+        self._served: list[str] = []  # UUID texts of the served prefix, in seq order
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return self._n
 
     @property
     def room(self) -> int:
-        return max(self.max_keys - len(self._keys), 0)
+        return max(self.max_keys - self._n, 0)
 
     @property
     def served_unacked(self) -> int:
         return len(self._served)
 
-    def append(self, keys: Iterable[BufferedKey]) -> None:
-        for k in keys:
-            self._keys[k.key_id] = k
+    def served_ids(self) -> list[str]:
+        """UUID texts of the served, unacknowledged keys, in seq order (a copy)."""
+        return list(self._served)
+
+    def append(self, keys: KeyRun | Iterable[BufferedKey]) -> None:
+        run = keys if isinstance(keys, KeyRun) else None
+        if run is None:
+            items = list(keys)  # type: ignore[arg-type]
+            if not items:
+                return
+            run = KeyRun.of(items, len(items[0].key))
+        if len(run):
+            self._runs.append(run)
+            self._n += len(run)
+
+    def _front(self, n: int) -> KeyRun:
+        """The first `n` keys (fewer if fewer are buffered) as one run."""
+        parts: list[KeyRun] = []
+        need = n
+        for run in self._runs:
+            if need <= 0:
+                break
+            parts.append(run if len(run) <= need else run[:need])
+            need -= len(parts[-1])
+        if len(parts) == 1:
+            return parts[0]
+        kb = self._runs[0].key_bytes if self._runs else 1
+        return KeyRun(b"".join(p.ids for p in parts), b"".join(p.seqs for p in parts),
+                      b"".join(p.material for p in parts), kb)
+
+    def _drop_front(self, n: int) -> None:
+        while n > 0 and self._runs:
+            run = self._runs[0]
+            if len(run) <= n:
+                self._runs.popleft()
+                n -= len(run)
+                self._n -= len(run)
+            else:
+                self._runs[0] = run[n:]
+                self._n -= n
+                n = 0
 
     def peek(self, n: int | None = None) -> list[BufferedKey]:
         """The first `n` (default: all) keys in seq order, without serving them."""
-        return list(islice(self._keys.values(), n))
+        run = self._front(self._n if n is None else n)
+        return [BufferedKey(t, seq, key) for t, (_, seq, key) in zip(uuid_texts(run.ids), run)]
+
+    def serve_run(self, n: int) -> tuple[KeyRun, list[str]]:
+        """The first `n` keys in seq order (fewer if fewer are buffered), marked served, with their
+        UUID texts."""
+        run = self._front(n)
+        k = len(run)
+        if k > len(self._served):
+            self._served.extend(uuid_texts(run.ids[16 * len(self._served):]))
+        return run, self._served[:k]
 
     def serve(self, n: int) -> list[BufferedKey]:
         """The first `n` keys in seq order (fewer if fewer are buffered), marked served."""
-        out = self.peek(n)
-        self._served.update(k.key_id for k in out)
-        return out
+        run, texts = self.serve_run(n)
+        return [BufferedKey(t, seq, key) for t, (_, seq, key) in zip(texts, run)]
 
     def ack(self, key_ids: Sequence[str]) -> tuple[int, list[str]]:
         """Drop served keys; returns (removed, unknown IDs). NotServed if any is not served yet.
 
         Unknown IDs (already acknowledged, or dropped) are not an error, so a repeated ACK is safe.
         """
-        unserved = [k for k in key_ids if k in self._keys and k not in self._served]
-        if unserved:
-            raise NotServed(unserved)
-        removed, unknown = 0, []
-        for k in key_ids:
-            if k in self._served:
-                self._served.discard(k)
-                del self._keys[k]
+        k = len(key_ids)
+        if k and list(key_ids) == self._served[:k]:  # the usual case: the served prefix, in order
+            self._drop_front(k)
+            del self._served[:k]
+            return k, []
+        served = set(self._served)
+        others = [x for x in key_ids if x not in served]
+        if others:
+            rest = set(uuid_texts(self._front(self._n).ids[16 * len(self._served):]))
+            unserved = [x for x in others if x in rest]
+            if unserved:
+                raise NotServed(unserved)
+        removed, unknown, gone = 0, [], set()
+        for x in key_ids:
+            if x in served and x not in gone:
+                gone.add(x)
                 removed += 1
             else:
-                unknown.append(k)
+                unknown.append(x)
+        if gone:  # rebuild the served prefix without the acknowledged keys
+            prefix = self._front(len(self._served))
+            keep = [i for i, t in enumerate(self._served) if t not in gone]
+            kept = KeyRun.of((BufferedKey(self._served[i], prefix.seq_list()[i], prefix[i][2]) for i in keep),
+                             prefix.key_bytes)
+            self._drop_front(len(self._served))
+            self._served = [self._served[i] for i in keep]
+            if len(kept):
+                self._runs.appendleft(kept)
+                self._n += len(kept)
         return removed, unknown
 
     def clear(self) -> int:
         """Drop everything (served or not); returns how many keys were dropped."""
-        n = len(self._keys)
-        self._keys.clear()
+        n = self._n
+        self._runs.clear()
+        self._n = 0
         self._served.clear()
         return n
 
@@ -157,7 +231,7 @@ class ModuleKeySource:
 
     def __init__(self, module: ExportingDevice, ssl_ctx: ssl.SSLContext, *, kms_sae_id: str,
                  peer_kms_id: str, host: str = "127.0.0.1", port: int = 0,
-                 max_key_per_request: int = 1024, max_body: int = 4 * 1024 * 1024) -> None:
+                 max_key_per_request: int = 8192, max_body: int = 4 * 1024 * 1024) -> None:
         if ssl_ctx.verify_mode != ssl.CERT_REQUIRED:
             raise ValueError("the module's 014 server needs a TLS context requiring client certificates")
         self.module = module
@@ -255,27 +329,32 @@ class ModuleKeySource:
         buf = self.module.buffer
         if len(buf) < n:
             raise InsufficientKeys(n, len(buf))
-        keys = buf.serve(n)
+        run, texts = buf.serve_run(n)
         self.served += n
-        b64 = base64.b64encode
-        body = '{"keys":[' + ",".join(
-            f'{{"key_ID":"{k.key_id}","key_ID_extension":{{"seq":{k.seq}}},"key":"{b64(k.key).decode()}"}}'
-            for k in keys
-        ) + "]}"
-        return web.Response(body=body.encode(), content_type="application/json")
+        body = keys_body(texts, run.seq_list(), run.material, run.key_bytes)
+        return web.Response(body=body, content_type="application/json")
 
     async def ack(self, request: web.Request) -> web.Response:
         self._authorise(request)
+        served = self.module.buffer.served_ids()
+        if request.content_type == "application/json" and served:
+            # the usual ACK names the served keys in order, in the layout `ack_body` writes: compare
+            # the bytes instead of parsing (any other body takes the general path below)
+            k = ack_count(await request.read())
+            if k is not None and k <= len(served) and await request.read() == ack_body(served[:k]):
+                removed, _ = self.module.buffer.ack(served[:k])
+                self.acknowledged += removed
+                return _json(200, {"acknowledged": removed, "unknown": 0})
         body = await json_object(request, frozenset({"key_IDs"}))
         items = body.get("key_IDs")
         if not isinstance(items, list) or not items:
             raise BadRequest("key_IDs must be a non-empty array")
+        # whole-list checks (one ACK names up to max_key_per_request keys)
         ids: list[str] = []
-        for item in items:
-            if not isinstance(item, dict) or set(item) - {"key_ID", "key_ID_extension"} \
-                    or not isinstance(item.get("key_ID"), str):
-                raise BadRequest('each key_IDs item must be {"key_ID": "<UUID>"}')
-            ids.append(item["key_ID"])
+        if set(map(type, items)) == {dict} and all(map(_ACK_ITEM_FIELDS.issuperset, items)):
+            ids = [item.get("key_ID") for item in items]
+        if not ids or set(map(type, ids)) != {str}:
+            raise BadRequest('each key_IDs item must be {"key_ID": "<UUID>"}')
         try:
             removed, unknown = self.module.buffer.ack(ids)
         except NotServed as e:

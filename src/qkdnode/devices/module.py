@@ -45,11 +45,11 @@ from .channel import (
     Role,
     SetLoss,
     Tick,
-    WireKey,
     exchange_hello,
     open_channel,
 )
-from .keysource import BufferedKey, KeyBuffer
+from .keyrun import KeyRun, new_key_ids
+from .keysource import KeyBuffer
 from .physics import DeviceProfile, LinkPerformance, Protocol, RateFluctuation, link_performance
 from .profiles import HWDU_CV, IDQ_COW, TOSHIBA_BB84, profile_by_name
 
@@ -153,20 +153,6 @@ class ModuleStatus:
 StatusListener = Callable[[ModuleStatus], None | Awaitable[None]]
 
 
-def _uuid_text(raw: bytes) -> str:
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _new_key_ids(n: int) -> list[bytes]:
-    """n random version-4 UUIDs (16 bytes each); IDs are not secret, so always from os.urandom."""
-    raw = bytearray(os.urandom(16 * n))
-    for o in range(0, 16 * n, 16):
-        raw[o + 6] = (raw[o + 6] & 0x0F) | 0x40
-        raw[o + 8] = (raw[o + 8] & 0x3F) | 0x80
-    return [bytes(raw[o:o + 16]) for o in range(0, 16 * n, 16)]
-
-
 class QKDModule:
     """One simulated QKD module (emitter or receiver), an asyncio component of the node daemon."""
 
@@ -199,10 +185,10 @@ class QKDModule:
         self._next_block = 0
         self._carry = 0.0
         self._peer_room = 0
-        self._inflight: dict[int, list[BufferedKey]] = {}
+        self._inflight: dict[int, KeyRun] = {}
         self._inflight_keys = 0
         # receiver
-        self._pending: dict[int, list[BufferedKey]] = {}
+        self._pending: dict[int, KeyRun] = {}
         self._pending_keys = 0
         self._listener: ChannelListener | None = None
         self._rx_task: asyncio.Task[None] | None = None
@@ -376,7 +362,7 @@ class QKDModule:
         if self._role is Role.RECEIVER:  # commit what the transmitter committed, drop the rest
             for block in sorted(self._pending):
                 keys = self._pending.pop(block)
-                if keys[-1].seq <= peer.committed_seq:
+                if keys.last_seq <= peer.committed_seq:
                     self._commit(keys)
                 else:
                     self._discarded += len(keys)
@@ -386,10 +372,10 @@ class QKDModule:
         if peer.loss_set_at > self._loss_set_at:
             self._loss, self._loss_set_at = peer.loss_db, peer.loss_set_at
 
-    def _commit(self, keys: list[BufferedKey]) -> None:
+    def _commit(self, keys: KeyRun) -> None:
         self.buffer.append(keys)
         self._generated += len(keys)
-        self._committed_seq = keys[-1].seq
+        self._committed_seq = keys.last_seq
 
     # -- transmitter -----------------------------------------------------------------------------
 
@@ -488,8 +474,8 @@ class QKDModule:
         perf = self._performance()
         factor = self.fluctuation.step(dt)
         kbits = self.key_size_bits
-        keys: list[BufferedKey] = []
-        wire: tuple[WireKey, ...] = ()
+        kb = kbits // 8
+        keys = KeyRun.empty(kb)
         up, reason = perf.up, ""
         skr = perf.skr_bps * factor if up else 0.0
         if not up:
@@ -510,7 +496,7 @@ class QKDModule:
                     self._carry -= n * kbits
                 if n:
                     try:
-                        keys, wire = await self._cut_keys(n)
+                        keys = await self._cut_keys(n)
                     except Exception as e:  # entropy source failure: no keys, link reported down
                         log.warning("QKD module %s: entropy source failed: %s", self.name, type(e).__name__)
                         up, reason, skr = False, f"entropy source failed ({type(e).__name__})", 0.0
@@ -522,9 +508,9 @@ class QKDModule:
             self._inflight[block] = keys
             self._inflight_keys += len(keys)
         return Tick(block, up, reason, skr, perf.qber, perf.snr, perf.excess_noise, self._loss,
-                    self._loss_set_at, kbits // 8, wire)
+                    self._loss_set_at, kb, keys)
 
-    async def _cut_keys(self, n: int) -> tuple[list[BufferedKey], tuple[WireKey, ...]]:
+    async def _cut_keys(self, n: int) -> KeyRun:
         """n keys from the entropy source, with fresh random key IDs and the next seqs."""
         kb = self.key_size_bits // 8
         got = self.entropy(n * kb)
@@ -533,9 +519,7 @@ class QKDModule:
             raise RuntimeError("entropy source returned the wrong number of bytes")
         seq0 = self._next_seq
         self._next_seq += n
-        wire = tuple(WireKey(kid, seq0 + i, material[i * kb:(i + 1) * kb])
-                     for i, kid in enumerate(_new_key_ids(n)))
-        return [BufferedKey(_uuid_text(w.key_id), w.seq, w.key) for w in wire], wire
+        return KeyRun.consecutive(new_key_ids(n), seq0, material, kb)
 
     # -- receiver --------------------------------------------------------------------------------
 
@@ -579,14 +563,14 @@ class QKDModule:
                 if frame.loss_set_at >= self._loss_set_at:
                     self._loss, self._loss_set_at = frame.loss_db, frame.loss_set_at
                 self._figures = (frame.skr_bps, frame.qber, frame.snr, frame.excess_noise)
-                if frame.keys:
-                    keys = [BufferedKey(_uuid_text(k.key_id), k.seq, k.key) for k in frame.keys]
+                keys = frame.run
+                if keys:
                     self._pending[frame.block] = keys
                     self._pending_keys += len(keys)
                 self._set_state(frame.up, frame.reason)
                 await ch.send(Ack(frame.block, max(self.buffer.room - self._pending_keys, 0)))
             elif isinstance(frame, Commit):
-                keys = self._pending.pop(frame.block, [])
+                keys = self._pending.pop(frame.block, None)
                 if not keys:
                     raise FrameError(f"COMMIT of unknown block {frame.block}")
                 self._pending_keys -= len(keys)
