@@ -39,7 +39,16 @@ from ncclient import manager as nc_manager
 
 # ncclient 0.7.1 polls its transport every `ncclient.transport.session.TICK` seconds (0.1 by
 # default) and only sends queued RPCs between polls; 1 ms keeps every RPC from costing 100 ms.
-_nc_session.TICK = 0.001
+# The orchestrator's own sessions send directly (orchestrator/nodeclient.py) and set TICK to 0.5 s
+# when that module is imported, i.e. while the test modules are collected: the fixture below sets
+# the tests' value again once they all are.
+_TEST_TICK = 0.001
+_nc_session.TICK = _TEST_TICK
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ncclient_tick() -> None:
+    _nc_session.TICK = _TEST_TICK
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
