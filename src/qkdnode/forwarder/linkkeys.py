@@ -12,7 +12,7 @@
   for the next hop, deleting the intent; committed only if all of that holds, else rolled back
   (`OpenBatch.fail`), so a failed hop takes nothing for the next hop. It commits *without* fsync:
   the out keys are covered by the intent (a crash that loses the take consumes them again at the
-  next open: `keystore.recovery`), and the node makes the transaction durable (`barrier`) while the
+  next open: `keystore/intent.py`), and the node makes the transaction durable (`barrier`) while the
   next hop works, before it answers upstream. So a pad is never reused, and a relay answered to the
   origin is durable on every node.
 Ledger rows of link keys name the hop: master `forwarder:<sender>`, slave `forwarder:<receiver>`.

@@ -54,7 +54,6 @@ from itertools import islice
 from pathlib import Path
 
 from .batch import BatchWriter, OpenBatch
-from .recovery import recover_intents
 from .errors import (
     AssociationConflict,
     BadRequest,
@@ -67,6 +66,7 @@ from .errors import (
     StorageError,
     UnknownAssociation,
 )
+from .intent import Intents, recover_intents
 from .mirror import AssocMirror, Block, Plan
 from .schema import SCHEMA
 from .stream import check_stream, seq_runs
@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 
 
 
-class KeyStore:
+class KeyStore(Intents):
     """SQLite-backed key store of one node; see the module docstring for the rules."""
 
     FILE_NAME = "keystore.sqlite3"
@@ -475,71 +475,6 @@ class KeyStore:
                 except sqlite3.Error:
                     log.error("key store %s: cannot restore synchronous=FULL", self.path)
             self._lock.release()
-
-    # -- intents and durability barriers --------------------------------------------------------
-
-    def add_intent(self, relay_id: str, assoc_id: str, n: int, master_sae: str, slave_sae: str) -> None:
-        """Record, durably, that a prepared relay will take n keys of this node's master half of
-        `assoc_id`. The take itself may then commit without fsync (`begin_batch(durable=False,
-        drop_intents=...)`): if a crash loses it, the intent survives and the next open consumes
-        that many keys (`recover_intents`), so a pad that may have left the node is never reused."""
-        with self._lock:
-            self._assoc(assoc_id)
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("INSERT INTO intent VALUES (?, ?, ?, ?, ?)", (relay_id, assoc_id, n, master_sae, slave_sae))
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                self._rollback_and_reload()
-                raise StorageError(f"recording a relay intent failed: {e}") from e
-            self._writes += 1
-            self._synced = self._writes
-
-    def drop_intents(self, relay_ids: Sequence[str]) -> None:
-        """Forget intents whose relays will not take their keys (without fsync: an intent a crash
-        brings back only costs its keys)."""
-        with self._lock:
-            conn = self._db()
-            conn.execute("PRAGMA synchronous=OFF")
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in relay_ids])
-                conn.execute("COMMIT")
-                self._writes += 1
-            except sqlite3.Error as e:
-                self._rollback_and_reload()
-                raise StorageError(f"dropping relay intents failed: {e}") from e
-            finally:
-                conn.execute("PRAGMA synchronous=FULL")
-
-    def intents(self) -> dict[str, int]:
-        """Keys announced by recorded intents, per association."""
-        with self._lock:
-            return dict(self._db().execute("SELECT assoc_id, sum(n) FROM intent GROUP BY assoc_id").fetchall())
-
-    @property
-    def synced(self) -> int:
-        """Commits up to this count are durable (compare with `OpenBatch.ticket`)."""
-        return self._synced
-
-    def sync(self, ticket: int) -> None:
-        """Durability barrier: when this returns, every commit up to `ticket` is durable. In WAL
-        mode one fsync of a later commit persists all frames before it, so this is one small durable
-        commit (shared by every waiter up to it), or nothing if one happened since."""
-        with self._lock:
-            if self._synced >= ticket:
-                return
-            conn = self._db()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.execute("UPDATE barrier SET n = n + 1 WHERE id = 0")
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                self._rollback_and_reload()
-                raise StorageError(f"key store sync failed: {e}") from e
-            self._writes += 1
-            self._synced = self._writes
 
     def _plan_master(self, a: AssocMirror, req: MasterRequest) -> Plan:
         info = a.info
