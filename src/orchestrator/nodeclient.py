@@ -54,7 +54,10 @@ def _send_directly(m: manager.Manager) -> None:
     one thread while another reads), instead of queueing it for ncclient's session thread."""
     session = m._session
     channel = getattr(session, "_channel", None)
-    if channel is None:  # not an SSH session: keep ncclient's own queue
+    needed = (hasattr(session, "_base"), hasattr(_nc_session, "NetconfBase"), hasattr(_nc_session, "END_DELIM"),
+              hasattr(_nc_session, "MSG_DELIM"), hasattr(channel, "sendall"))
+    if channel is None or not all(needed):  # not an SSH session, or another ncclient: keep its own queue
+        _nc_session.TICK = min(_nc_session.TICK, 0.01)  # then RPCs wait for its poll: keep that short
         return
     lock = threading.Lock()
 
