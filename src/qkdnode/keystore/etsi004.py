@@ -461,6 +461,7 @@ class Etsi004Kms:
         want_meta = req.metadata.size if req.HasField("metadata") else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + qos.timeout / 1000 if qos.timeout else None
+        last: KeyStoreError | None = None  # why the previous attempt could not deliver
         while True:
             try:
                 key, meta = await self._one_chunk(st, index, want_meta, deadline)
@@ -468,10 +469,17 @@ class Etsi004Kms:
             except (InsufficientKey, PeerAppNotConnected) as e:
                 if deadline is None or isinstance(e, KeyGone):
                     raise
+                last = e
                 left = deadline - loop.time()
                 if left <= 0:
                     raise StreamTimeout(f"timeout after {qos.timeout} ms: {e.message}") from None
                 await asyncio.sleep(min(POLL, left))
+            except StreamTimeout:
+                # the last retry's call to the peer KMS was cut by our own deadline: the reason is
+                # still the previous answer, not a silent peer
+                if last is None or deadline is None or loop.time() < deadline:
+                    raise
+                raise StreamTimeout(f"timeout after {qos.timeout} ms: {last.message}") from None
         st.next_index = max(st.next_index, index + 1) % UINT32
         out = pb.GetKeyResponse(status=pb.SUCCESSFUL, index=index, key_buffer=key)
         if meta is not None:
