@@ -461,7 +461,7 @@ class Etsi004Kms:
         want_meta = req.metadata.size if req.HasField("metadata") else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + qos.timeout / 1000 if qos.timeout else None
-        last: KeyStoreError | None = None  # why the previous attempt could not deliver
+        last: Etsi004Error | None = None  # why the previous attempt could not deliver
         while True:
             try:
                 key, meta = await self._one_chunk(st, index, want_meta, deadline)
