@@ -117,13 +117,8 @@ def recover_intents(store: KeyStore) -> int:
         left[aid] -= k
         lim = a.info.max_keys_per_request
         requests += [MasterRequest(aid, master, slave, min(lim, k - i), a.info.key_size_bits) for i in range(0, k, lim)]
-    ids = [r[0] for r in rows]
-    batch = store.begin_batch(requests, drop_intents=ids)
+    batch = store.begin_batch(requests, drop_intents=[r[0] for r in rows])
     assert batch is not None
-    if not batch.began:  # nothing left to consume: the intents go alone
-        store._db().execute("BEGIN IMMEDIATE")
-        store._db().executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in ids])
-        batch.began = True
     results = store.finish_batch(batch)
     failed = [r for r in results if isinstance(r, KeyStoreError)]
     if failed:

@@ -443,7 +443,10 @@ class KeyStore(Intents):
                 batch.results.append(self._apply(writer, a, plan, req))
                 batch.touched.add(req.assoc_id)
             writer.flush()
-            if batch.began and drop_intents:
+            if drop_intents:
+                if not batch.began:
+                    conn.execute("BEGIN IMMEDIATE")
+                    batch.began = True
                 conn.executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in drop_intents])
         except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
             batch.fail(e)
