@@ -8,9 +8,9 @@ Chain a - b - c - d, route a..d (VIRT links handed to each forwarder as the SDN 
 from __future__ import annotations
 
 import asyncio
-import time
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ from qkdnode.forwarder.service import pb, pb_grpc
 from qkdnode.keystore import Etsi014Server, KeyStore, NeighbourResolver, SaeDirectory
 from qkdnode.pki import CertificateAuthority, CertPaths, client_context, server_context
 from qkdnode.qkd015 import LinkConfig
+from reliability.inproc import store_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,13 +75,7 @@ class Chain:
             nd.fwd.set_routes([r[n] for r in routes if n in r])
 
     def snapshot(self) -> dict[tuple[str, str], tuple[int, int, int]]:
-        """(node, assoc) -> (delivered, available_for_masters, available_for_peer)."""
-        out = {}
-        for n, nd in self.nodes.items():
-            for a in nd.store.associations():
-                s = nd.store.stats(a.assoc_id)
-                out[n, a.assoc_id] = (s.delivered, s.available_for_masters, s.available_for_peer)
-        return out
+        return store_snapshot({n: nd.store for n, nd in self.nodes.items()})
 
     async def call(self, node: str, sae: str, method: str, path: str, **kw: Any) -> tuple[int, Any]:
         url = f"https://127.0.0.1:{self.nodes[node].api.port}/api/v1/keys/{path}"
@@ -194,7 +189,7 @@ async def test_relay_both_ways_and_exact_link_key_accounting(chain: Chain) -> No
             status, again = await chain.dec(dst, peer, sae, list(keys)[:1])
             assert status == 400  # delivered once only
     for nd in chain.nodes.values():
-        assert not nd.fwd.pending and not +nd.fwd.linkkeys.reserved and not +nd.fwd._reserved_room
+        assert nd.fwd.idle(), nd.name
     await assert_no_intents(chain)
 
 
@@ -266,7 +261,7 @@ async def test_exhausted_link_key_503_and_nothing_consumed(tmp_path: Path) -> No
         assert body["details"][0]["reason"] == "link-key-exhausted"
         assert chain.snapshot() == before  # nothing consumed anywhere, no relay key stored
         for nd in chain.nodes.values():  # every reservation released
-            assert not nd.fwd.pending and not +nd.fwd.linkkeys.reserved and not +nd.fwd._reserved_room
+            assert nd.fwd.idle(), nd.name
         await assert_no_intents(chain)  # and every intent withdrawn: a restart would consume nothing
         status, body = await chain.enc("a", "sae-a", "sae-d", 1)
         assert status == 200, body

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,16 @@ from qkdnode.qkd015 import LinkConfig
 
 NAMES = ("a", "b", "c")
 SAES = {"sae-a": "a", "sae-b": "b", "sae-c": "c"}
+
+
+def store_snapshot(stores: Mapping[str, KeyStore]) -> dict[tuple[str, str], tuple[int, int, int]]:
+    """(node, association) -> (delivered, available_for_masters, available_for_peer) of every store."""
+    out = {}
+    for n, store in stores.items():
+        for a in store.associations():
+            s = store.stats(a.assoc_id)
+            out[n, a.assoc_id] = (s.delivered, s.available_for_masters, s.available_for_peer)
+    return out
 
 
 @dataclass
@@ -52,18 +63,11 @@ class Chain:
         return self.link_ids[frozenset((x, y))]
 
     def snapshot(self) -> dict[tuple[str, str], tuple[int, int, int]]:
-        """(node, association) -> (delivered, available_for_masters, available_for_peer)."""
-        out = {}
-        for n, k in self.nodes.items():
-            for a in k.store.associations():
-                s = k.store.stats(a.assoc_id)
-                out[n, a.assoc_id] = (s.delivered, s.available_for_masters, s.available_for_peer)
-        return out
+        return store_snapshot({n: k.store for n, k in self.nodes.items()})
 
     def idle(self) -> bool:
         """No relay reservation or pending relay left at any node."""
-        return all(not k.fwd.pending and not +k.fwd.linkkeys.reserved and not +k.fwd._reserved_room
-                   for k in self.nodes.values())
+        return all(k.fwd.idle() for k in self.nodes.values())
 
     async def call(self, node: str, sae: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         if sae not in self._http:

@@ -187,6 +187,10 @@ class Forwarder:
         self.committer, self._own_committer = committer, False
         self.linkkeys.committer = committer
 
+    def idle(self) -> bool:
+        """No relay prepared here and nothing reserved for one (link keys, relay store room)."""
+        return not self.pending and not +self.linkkeys.reserved and not +self._reserved_room
+
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
