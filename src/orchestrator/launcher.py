@@ -25,7 +25,7 @@ import yaml
 from .nodeclient import QKD_NS, NetconfEndpoint
 from .nodeclient import connect as netconf_connect
 from .plant import plan_plant
-from .reaper import reaper, spawn, terminate
+from .reaper import reaper, spawn, terminate, wait_ready
 from .spawner import Zygote
 from .topology import ModuleSpec, RouteSpec, Topology
 
@@ -171,14 +171,8 @@ class _Orchestrators:
             )
             log.close()
         for domain, proc in self.orch_procs.items():
-            assert proc.stdout is not None
-            try:
-                line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-            except asyncio.TimeoutError:
-                line = b""
-            if not line.startswith(b"READY"):
-                raise RuntimeError(f"the orchestrator of domain {domain} did not start "
-                                   f"(see {self.state_dir / 'logs' / f'orchestrator-{domain}.log'})")
+            await wait_ready(proc, timeout, f"the orchestrator of domain {domain} did not start "
+                                            f"(see {self.state_dir / 'logs' / f'orchestrator-{domain}.log'})")
         self.orch_urls = urls
         await self.provision_declared_direct_links(timeout)  # first: routes may need them
         await self.provision_declared_routes(timeout)
@@ -388,10 +382,8 @@ class Network(_Orchestrators):
             stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
         )
         log.close()
-        assert self.fabric_proc.stdout is not None
-        line = await asyncio.wait_for(self.fabric_proc.stdout.readline(), 30)
-        if not line.startswith(b"READY"):
-            raise RuntimeError(f"the optical plant stub did not start (see {self.state_dir / 'logs' / 'fabric.log'})")
+        await wait_ready(self.fabric_proc, 30,
+                         f"the optical plant stub did not start (see {self.state_dir / 'logs' / 'fabric.log'})")
 
     async def start(self, timeout: float = 60.0) -> None:
         reaper(self.state_dir / "logs" / "reaper.log")  # children die with us, even on SIGKILL (reaper.py)
@@ -525,10 +517,7 @@ class Network(_Orchestrators):
             stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
         )
         log.close()
-        assert self.qrng_proc.stdout is not None
-        line = await asyncio.wait_for(self.qrng_proc.stdout.readline(), 30)
-        if not line.startswith(b"READY"):
-            raise RuntimeError(f"the QRNG service did not start (see {self.state_dir / 'logs' / 'qrng.log'})")
+        await wait_ready(self.qrng_proc, 30, f"the QRNG service did not start (see {self.state_dir / 'logs' / 'qrng.log'})")
 
     def route_id(self, route: RouteSpec) -> str:
         """qkdl_id of a static route's VIRT links (the same on every node of the path)."""

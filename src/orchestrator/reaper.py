@@ -84,6 +84,20 @@ async def spawn(*cmd: str, **kwargs: Any) -> asyncio.subprocess.Process:
     return proc
 
 
+async def wait_ready(proc: asyncio.subprocess.Process, timeout: float, failure: str) -> bytes:
+    """The first line a child prints on stdout, once it starts with READY (how every process
+    `qkdnet up` starts says it is listening); RuntimeError(`failure`) if it does not within
+    `timeout` s (or exits first)."""
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    except asyncio.TimeoutError:
+        line = b""
+    if not line.startswith(b"READY"):
+        raise RuntimeError(failure)
+    return line
+
+
 def signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to a process group; False when it has no process left."""
     try:

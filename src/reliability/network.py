@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.reaper import wait_ready
+
 from .sae import SaeClient
 
 
@@ -103,13 +105,10 @@ class UpNetwork:
             stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL)
         log.close()
         self.restarted[node] = proc
-        assert proc.stdout is not None
         try:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            line = b""
-        if not line.startswith(b"READY"):
-            raise NetworkError(f"node {node} did not restart (see {self.state / 'logs' / f'{node}.log'})")
+            await wait_ready(proc, timeout, f"node {node} did not restart (see {self.state / 'logs' / f'{node}.log'})")
+        except RuntimeError as e:
+            raise NetworkError(str(e)) from None
         self._drains.append(asyncio.create_task(self._drain(proc)))
 
     @staticmethod
