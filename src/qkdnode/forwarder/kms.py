@@ -63,9 +63,6 @@ class RelayCommitter:
 
 
 def attach_to_014(server: Etsi014Server, forwarder: Forwarder, neighbours: NeighbourResolver) -> None:
-    """Route the 014 server's resolution and deliveries through the forwarder (before `start()`);
-    the forwarder then shares the server's group commits for its link keys."""
-    inner = server.committer
-    forwarder.use_committer(inner)
-    server.committer = RelayCommitter(inner, forwarder)  # type: ignore[assignment]
+    """Route the 014 server's resolution and deliveries through the forwarder (before `start()`)."""
+    server.committer = RelayCommitter(server.committer, forwarder)  # type: ignore[assignment]
     server.resolver = RelayResolver(server.directory, neighbours, forwarder)

@@ -26,7 +26,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
-from ..keystore.committer import GroupCommitter
 from ..keystore.errors import KeysNotAvailable, KeyStoreError
 from ..keystore.store import KeyStore
 from ..keystore.types import Delivery, MasterRequest, SlaveRequest
@@ -48,11 +47,9 @@ def ledger(sender: str, receiver: str) -> tuple[str, str]:
 
 
 class LinkKeys:
-    def __init__(self, store: KeyStore, node_name: str, committer: GroupCommitter,
-                 counters: Counter[str]) -> None:
+    def __init__(self, store: KeyStore, node_name: str, counters: Counter[str]) -> None:
         self.store = store
         self.node_name = node_name
-        self.committer = committer
         self.counters = counters
         self.reserved: Counter[str] = Counter()
 

@@ -48,7 +48,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..keystore.committer import GroupCommitter
 from ..keystore.errors import (
     AssociationConflict,
     KeySizeNotSupported,
@@ -129,15 +128,13 @@ class Forwarder:
 
     def __init__(self, node_name: str, node_id: str, store: KeyStore, pki: CertPaths, *,
                  neighbours: Iterable[Neighbour], links: LinkProvider,
-                 entropy: Entropy | None = None, committer: GroupCommitter | None = None) -> None:
+                 entropy: Entropy | None = None) -> None:
         self.node_name = node_name
         self.node_id = node_id
         self.store = store
         self.pki = pki
         self.links = links
         self.entropy: Entropy = entropy or _urandom
-        self.committer = committer or GroupCommitter(store)
-        self._own_committer = committer is None
         self.neighbours: dict[str, Neighbour] = {nb.name: nb for nb in neighbours}
         self._by_id = {nb.node_id: nb for nb in self.neighbours.values()}
         self.routes: dict[str, RelayRoute] = {}
@@ -153,7 +150,7 @@ class Forwarder:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.counters: Counter[str] = Counter()  # numbers only: relays, keys, link keys, failures
-        self.linkkeys = LinkKeys(store, node_name, self.committer, self.counters)
+        self.linkkeys = LinkKeys(store, node_name, self.counters)
 
     @property
     def where(self) -> str:
@@ -179,13 +176,6 @@ class Forwarder:
         close = getattr(self.entropy, "close", None)
         if close is not None:
             await close()
-        if self._own_committer:
-            await self.committer.aclose()
-
-    def use_committer(self, committer: GroupCommitter) -> None:
-        """Share another group committer of the same store (the 014 server's), before any relay."""
-        self.committer, self._own_committer = committer, False
-        self.linkkeys.committer = committer
 
     def idle(self) -> bool:
         """No relay prepared here and nothing reserved for one (link keys, relay store room)."""
