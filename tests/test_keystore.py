@@ -388,6 +388,46 @@ def test_intent_left_at_a_stop_consumes_its_keys_at_the_next_open(tmp_path: Path
         st.close()
 
 
+def test_intent_spent_commit_by_commit(tmp_path: Path) -> None:
+    """A relay prepared for several commits spends its intent a commit at a time (`spend_intents`,
+    in the take's own transaction); the last spend deletes it; a rolled-back take spends nothing;
+    a crash after a partial spend consumes only what is left of the intent."""
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    st.add_association("l", "A", "B", master_parity=0, max_keys_per_request=8)
+    st.ingest("l", stream(40))  # 20 master keys
+    st.add_intent("r1", "l", 9, "forwarder:A", "forwarder:B")  # 3 commits of 3 link keys
+
+    def take(n: int, spend: int, fail: bool = False) -> None:
+        batch = st.begin_batch([MasterRequest("l", "forwarder:A", "forwarder:B", n, 256)], durable=False,
+                               spend_intents=[("r1", spend)])
+        assert batch is not None
+        if fail:
+            batch.fail(RuntimeError("tag"))
+        st.finish_batch(batch)
+
+    take(2, 3)  # fewer keys sent than the commit's reservation: the whole reservation is spent
+    assert st.intents() == {"l": 6}
+    take(3, 3, fail=True)
+    assert st.intents() == {"l": 6} and st.stats("l").available_for_masters == 18
+    take(3, 3)
+    assert st.intents() == {"l": 3}
+    st.close()
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    try:  # what was left of the intent (3) is consumed at the open
+        assert st.intents() == {} and st.stats("l").available_for_masters == 20 - 2 - 3 - 3
+    finally:
+        st.close()
+    st = KeyStore(tmp_path / "A", block_keys=64)
+    try:
+        st.add_intent("r2", "l", 4, "forwarder:A", "forwarder:B")
+        batch = st.begin_batch([MasterRequest("l", "forwarder:A", "forwarder:B", 4, 256)], spend_intents=[("r2", 4)])
+        assert batch is not None
+        st.finish_batch(batch)
+        assert st.intents() == {}
+    finally:
+        st.close()
+
+
 def test_intent_taken_without_fsync_then_synced(tmp_path: Path) -> None:
     """A take that deletes its intent commits without fsync; `sync` makes it durable (ticket), and
     a reopen consumes nothing more. An intent bigger than what is left consumes what is left."""

@@ -9,7 +9,8 @@
   withdraws its intent.
 * **A hop's take** (`take_hop`): one store transaction that takes the link keys the previous hop
   named (its parity, all or nothing), checks the tag with them, and takes this node's reserved keys
-  for the next hop, deleting the intent; committed only if all of that holds, else rolled back
+  for the next hop, spending that much of the intent (a relay prepared ahead for several commits
+  spends it a commit at a time); committed only if all of that holds, else rolled back
   (`OpenBatch.fail`), so a failed hop takes nothing for the next hop. It commits *without* fsync:
   the out keys are covered by the intent (a crash that loses the take consumes them again at the
   next open: `keystore/intent.py`), and the node makes the transaction durable (`barrier`) while the
@@ -100,11 +101,12 @@ class LinkKeys:
     # -- takes --------------------------------------------------------------------------------------
     async def take_hop(self, in_link: str | None, in_ids: list[str], peer: str | None,
                        out: tuple[str, int, str] | None, verify: Verify | None,
-                       relay_id: str) -> tuple[bytes, Delivery, int]:
+                       relay_id: str, spend: int) -> tuple[bytes, Delivery, int]:
         """One hop's store transaction (see the module docstring): the named link keys from `peer`
         (none at the origin), checked by `verify`, and `out` = (link, m, next peer) reserved keys for
-        the next hop, whose reservation and intent go with them. On a bad tag the named keys are then
-        taken on their own, as the sender took its copies. Returns (the named link keys' bytes, the
+        the next hop, spending `spend` keys of the relay's intent (the caller releases their
+        reservation). On a bad tag the named keys are then taken on their own, as the sender took its
+        copies. Returns (the named link keys' bytes, the
         next hop's link keys, the transaction's ticket for `barrier`)."""
         in_reqs: list[SlaveRequest] = []
         if in_link is not None:
@@ -124,13 +126,12 @@ class LinkKeys:
         while True:
             last = self.store.stats(in_link).last_seq if in_link is not None else 0
             # on the loop when the store is free (no thread hand-off: no fsync is waited for)
-            done = self._hop_tx(in_reqs, out_reqs, verify, relay_id, blocking=False)
+            done = self._hop_tx(in_reqs, out_reqs, verify, relay_id, spend, blocking=False)
             if done is None:
-                done = await asyncio.to_thread(self._hop_tx, in_reqs, out_reqs, verify, relay_id)
+                done = await asyncio.to_thread(self._hop_tx, in_reqs, out_reqs, verify, relay_id, spend)
             status, material, taken, detail, ticket = done
             if status == "ok":
                 if out is not None:
-                    self.release(out[0], out[1])
                     self.counters["link_keys_sent"] += len(taken)
                 return material, taken, ticket
             if status == "unknown" and in_link is not None and time.monotonic() < deadline:
@@ -140,7 +141,7 @@ class LinkKeys:
                 continue
             if status == "mac":
                 self.counters["mac_failures"] += 1
-                await asyncio.to_thread(self._hop_tx, in_reqs, [], None, None, True, True)
+                await asyncio.to_thread(self._hop_tx, in_reqs, [], None, None, 0, True, True)
                 raise MacMismatch(f"{self.where}: tag of the hop from {peer} does not verify; "
                                   f"relay {relay_id} dropped")
             if status == "short":
@@ -148,13 +149,13 @@ class LinkKeys:
             raise LinkKeyMismatch(f"{self.where}: link keys named by {peer} not available ({detail})")
 
     def _hop_tx(self, in_reqs: list[SlaveRequest], out_reqs: list[MasterRequest], verify: Verify | None,
-                relay_id: str | None, blocking: bool = True, durable: bool = False,
+                relay_id: str | None, spend: int, blocking: bool = True, durable: bool = False,
                 ) -> tuple[str, bytes, Delivery, str, int] | None:
         """The transaction of `take_hop`: status ok | unknown | mismatch | mac | short | storage, the
         named link keys' bytes and the taken link keys (both empty unless ok), the ticket; None if
         not blocking and the store is busy."""
         batch = self.store.begin_batch([*in_reqs, *out_reqs], blocking=blocking, durable=durable,
-                                       drop_intents=(relay_id,) if out_reqs and relay_id else ())
+                                       spend_intents=((relay_id, spend),) if out_reqs and relay_id else ())
         if batch is None:
             return None
         status, detail, material, taken = "ok", "", b"", []

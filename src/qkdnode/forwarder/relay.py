@@ -22,6 +22,10 @@ other end (the target):
    then does enc_keys answer. A hop that fails takes nothing more and aborts the reservations
    downstream; hops before it have consumed their link keys (the price of a tampered message).
 
+An origin that has just relayed on a route prepares the next relay at once (`ready.py`): the next
+request of at most that many keys runs the commit pass only, and may commit fewer keys than were
+prepared (each hop takes the link keys of the keys sent and releases the rest of its reservation).
+
 Each relayed bit consumes one link bit per hop, plus one 256-bit MAC key per message and hop
 (with 256-bit link keys; other sizes round up to whole link keys). Relayed keys are stored with
 local seqs of the origin's parity (0: `qkdl_local` end, 1: `qkdl_remote` end): both ends hold the
@@ -73,6 +77,7 @@ from .errors import (
 )
 from .linkkeys import LinkKeys
 from .mac import TAG_BYTES, authenticated_bytes, link_keys_needed, split_material, wc_tag, wc_verify, xor
+from .ready import ReadyRelays
 from .routes import RelayRoute, TokenBucket, routes_from_links
 from .service import Neighbour, NeighbourChannels, RelayServer, pb
 
@@ -84,6 +89,7 @@ CALL_TIMEOUT_S = 15.0
 LINK_SEQ_WAIT_S = 1.0
 BANDWIDTH_WAIT_S = 0.25
 MAX_KEYS_PER_RELAY = 4096
+MAX_SLOTS = 64  # commits one relay prepared ahead may carry
 MAX_HOPS = 64
 
 Entropy = Callable[[int], Awaitable[bytes]]
@@ -100,22 +106,27 @@ class Pending:
     origin: str
     target: str
     hop: int
-    n: int
+    n: int  # keys per commit (at most)
     key_size_bits: int
     parity: int  # seq parity of these keys in the relay association (the origin's)
     upstream: Neighbour | None
     in_link: str | None
-    in_link_keys: int
+    in_link_kb: int  # link key size of in_link, bytes (0 at the origin)
+    ahead: bool = False  # prepared ahead of demand (ready.py): may be committed with fewer keys
+    slots: int = 1  # commits left (more than one only if prepared ahead)
     downstream: Neighbour | None = None
     out_link: str | None = None
-    out_link_keys: int = 0  # reserved, not yet taken
-    room: int = 0  # reserved room in the relay association (ends only)
+    out_link_kb: int = 0
+    out_link_keys: int = 0  # reserved, not yet taken (for all the slots left)
+    room: int = 0  # reserved room in the relay association (ends only; for all the slots left)
     hops: int = 0  # hops from this node to the target
     # a border node stitching two domains' segments sends the keys on under another route:
     out_route: str | None = None
     out_origin: str | None = None
     out_target: str | None = None
     intent: asyncio.Future[None] | None = None  # the durable intent of this hop's out keys, until taken
+    revoked: bool = False  # (origin, prepared ahead) revoked while its prepare was under way
+    revoking: asyncio.Future[bool] | None = None  # (prepared ahead) the question upstream, once asked
     expires: float = field(default_factory=lambda: time.monotonic() + PREPARE_TTL_S)
 
 
@@ -143,9 +154,11 @@ class Forwarder:
         self._buckets: dict[str, tuple[int, TokenBucket]] = {}
         self._ingest_locks: dict[str, asyncio.Lock] = {}
         self._assoc_ready: set[str] = set()
-        self.channels = NeighbourChannels(pki)
-        self.server = RelayServer.create(pki, node_name, lambda: self.neighbours,
-                                         self.handle_prepare, self.handle_commit, self.handle_abort)
+        self.committing: set[str] = set()  # relays whose commit pass runs through this node now
+        self.ready = ReadyRelays(self, RELAY_KEY_SIZE_BITS)
+        self.channels = NeighbourChannels(pki, on_broken=self.ready.neighbour_lost)
+        self.server = RelayServer.create(pki, node_name, lambda: self.neighbours, self.handle_prepare,
+                                         self.handle_commit, self.handle_abort, self.ready.handle_revoke)
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -165,6 +178,10 @@ class Forwarder:
         return self.port
 
     async def stop(self) -> None:
+        try:  # neighbours release what this node prepared ahead
+            await asyncio.wait_for(self.ready.close(), 2)
+        except TimeoutError:
+            pass
         await self.server.stop(5)
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -178,8 +195,23 @@ class Forwarder:
             await close()
 
     def idle(self) -> bool:
-        """No relay prepared here and nothing reserved for one (link keys, relay store room)."""
-        return not self.pending and not +self.linkkeys.reserved and not +self._reserved_room
+        """No relay in progress here: every relay held is one prepared ahead (ready.py), and the
+        reservations (link keys, relay store room) are exactly theirs."""
+        held = [*self.pending.values(), *self.ready.relays()]
+        if self.committing or self.ready.busy or not all(p.ahead for p in held):
+            return False
+        room: Counter[str] = Counter()
+        for p in held:
+            room[p.route_id] += p.room
+        return +self.linkkeys.reserved == +self.ahead_link_keys() and +self._reserved_room == +room
+
+    def ahead_link_keys(self) -> Counter[str]:
+        """Link keys reserved (and announced by intents) for relays prepared ahead, per link."""
+        held: Counter[str] = Counter()
+        for p in [*self.pending.values(), *self.ready.relays()]:
+            if p.ahead and p.out_link is not None:
+                held[p.out_link] += p.out_link_keys
+        return held
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -190,6 +222,7 @@ class Forwarder:
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic()
+            self.ready.maintain(now)
             for rid, p in list(self.pending.items()):
                 if p.expires < now:
                     del self.pending[rid]
@@ -208,6 +241,7 @@ class Forwarder:
         for rid in list(self._buckets):
             if rid not in routes or routes[rid].bandwidth_bps != self._buckets[rid][0]:
                 del self._buckets[rid]
+        self.ready.routes_changed()
         ends = [r for r in routes.values() if r.is_end(self.node_id) and r.route_id not in self._assoc_ready]
         if ends:
             try:
@@ -283,7 +317,7 @@ class Forwarder:
             self._reserved_room[p.route_id] -= p.room
             p.room = 0
 
-    def _pick_link(self, down: Neighbour, n: int, key_bytes: int) -> tuple[str, int, Stats]:
+    def _pick_link(self, down: Neighbour, n: int, key_bytes: int, slots: int) -> tuple[str, int, Stats]:
         best: tuple[int, str, int, Stats] | None = None
         for q, remote in self.links().items():
             if remote != down.node_id:
@@ -292,7 +326,7 @@ class Forwarder:
                 st = self.store.stats(q)
             except UnknownAssociation:
                 continue
-            m = link_keys_needed(n, key_bytes, st.key_size_bits // 8)
+            m = slots * link_keys_needed(n, key_bytes, st.key_size_bits // 8)
             spare = st.available_for_masters - self.linkkeys.reserved[q] - m
             if best is None or spare > best[0]:
                 best = (spare, q, m, st)
@@ -315,10 +349,12 @@ class Forwarder:
         kb = req.key_size_bits // 8
         if not 1 <= req.keys <= MAX_KEYS_PER_RELAY or req.key_size_bits % 8 or not 0 < kb <= 8192 \
                 or req.hop >= MAX_HOPS or caller is not None and req.hop < 1 or req.link_seq < 0 \
+                or not 0 <= req.slots <= (MAX_SLOTS if req.ahead else 1) \
                 or parse_key_id(req.relay_id) is None or req.relay_id in self.pending:
             raise BadRelayMessage(f"{where}: malformed or duplicate prepare")
         upstream_id, downstream_id = route.hops_towards(req.target)
         in_link: str | None = None
+        link_kb = 0
         if caller is None:
             if req.origin != self.node_id or upstream_id is not None:
                 raise BadRelayMessage(f"{where}: not the origin end of route {req.route_id}")
@@ -329,11 +365,12 @@ class Forwarder:
             if self.links().get(in_link) != caller.node_id:
                 raise BadRelayMessage(f"{where}: {in_link} is not a QKD link with {caller.name} in service")
             link_kb = self.store.stats(in_link).key_size_bits // 8
-            if req.link_keys != link_keys_needed(req.keys, kb, link_kb):
-                raise BadRelayMessage(f"{where}: {req.link_keys} link keys cannot carry {req.keys} keys")
+            if req.link_keys != max(req.slots, 1) * link_keys_needed(req.keys, kb, link_kb):
+                raise BadRelayMessage(f"{where}: {req.link_keys} link keys cannot carry {req.keys} keys "
+                                      f"{max(req.slots, 1)} times")
             await self._await_link_seq(in_link, req.link_seq, caller.name)
         p = Pending(req.relay_id, req.route_id, req.origin, req.target, req.hop, req.keys, req.key_size_bits,
-                    0 if req.origin == route.local_end else 1, caller, in_link, req.link_keys if caller else 0)
+                    0 if req.origin == route.local_end else 1, caller, in_link, link_kb, req.ahead, max(req.slots, 1))
         onward = self.continuation(route, req.origin) if self.node_id == req.target and caller else None
         try:
             if onward is not None:  # a border node: the keys go on under the next domain's segment
@@ -344,11 +381,11 @@ class Forwarder:
                 if req.key_size_bits != st.key_size_bits:
                     raise BadRelayMessage(f"{where}: route {route.route_id} relays {st.key_size_bits}-bit keys")
                 room = st.capacity - st.available_total - self._reserved_room[route.route_id]
-                if room < req.keys:
+                if room < p.n * p.slots:
                     raise RelayStoreFull(f"{where}: relay key store of route {route.route_id} has room for "
-                                         f"{max(room, 0)} keys, {req.keys} needed")
-                self._reserved_room[route.route_id] += req.keys
-                p.room = req.keys
+                                         f"{max(room, 0)} keys, {p.n * p.slots} needed")
+                self._reserved_room[route.route_id] += p.n * p.slots
+                p.room = p.n * p.slots
             if self.node_id == req.target:
                 if downstream_id is not None:
                     raise BadRelayMessage(f"{where}: route {req.route_id} continues beyond its end")
@@ -371,15 +408,17 @@ class Forwarder:
         down = self._by_id.get(downstream_id or "")
         if down is None:
             raise NoRoute(f"{self.where}: next hop {downstream_id} of route {route_id} is not a neighbour")
-        out_link, m, st = self._pick_link(down, p.n, p.key_size_bits // 8)
+        out_link, m, st = self._pick_link(down, p.n, p.key_size_bits // 8, p.slots)
         free = st.available_for_masters - self.linkkeys.reserved[out_link]
         self.linkkeys.reserve(out_link, m)
         p.downstream, p.out_link, p.out_link_keys = down, out_link, m
+        p.out_link_kb = st.key_size_bits // 8
         self.pending[p.relay_id] = p
         nxt = pb.PrepareRequest(
             relay_id=p.relay_id, route_id=route_id, origin=p.out_origin or p.origin,
             target=p.out_target or p.target, hop=p.hop + 1, link_id=out_link, keys=p.n,
             key_size_bits=p.key_size_bits, link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
+            ahead=p.ahead, slots=p.slots if p.slots > 1 else 0,
         )
         # the intent is written while the prepare travels on: the path's fsyncs overlap
         # (a local reference: the sweeper may release an expired reservation meanwhile, intent and all)
@@ -404,6 +443,7 @@ class Forwarder:
             await asyncio.sleep(0.002)
 
     async def handle_prepare(self, req: pb.PrepareRequest, caller_name: str) -> pb.PrepareReply:
+        self.counters["prepares_handled"] += 1
         p = await self._prepare(req, self.neighbours[caller_name])
         return pb.PrepareReply(hops=p.hops)
 
@@ -412,13 +452,16 @@ class Forwarder:
         p = self.pending.pop(msg.relay_id, None)
         if p is None or p.expires < time.monotonic():
             raise UnknownRelay(f"{self.where}: relay {msg.relay_id} is not prepared here (or expired)")
+        self.committing.add(p.relay_id)
+        done = False
         try:
             if p.upstream is None or p.upstream.name != caller_name:
                 raise NotNeighbour(f"{self.where}: {caller_name} is not the previous hop of relay {p.relay_id}")
-            n, kb = p.n, p.key_size_bits // 8
+            n, kb = len(msg.key_ids), p.key_size_bits // 8
             if (msg.route_id, msg.origin, msg.target, msg.hop, msg.link_id, msg.key_size_bits) != \
                     (p.route_id, p.origin, p.target, p.hop, p.in_link, p.key_size_bits) \
-                    or len(msg.key_ids) != n or len(msg.link_key_ids) != p.in_link_keys \
+                    or not (n == p.n or p.ahead and 1 <= n < p.n) \
+                    or len(msg.link_key_ids) != link_keys_needed(n, kb, p.in_link_kb) \
                     or len(msg.ciphertext) != n * kb or len(msg.tag) != TAG_BYTES \
                     or any(parse_key_id(k) is None for k in msg.key_ids):
                 raise BadRelayMessage(f"{self.where}: relay message does not match the prepared relay")
@@ -432,16 +475,16 @@ class Forwarder:
                 return wc_verify(split_material(material, n * kb)[0], data, msg.tag)
 
             assert p.in_link is not None
-            out = (p.out_link, p.out_link_keys, p.downstream.name) if p.downstream and p.out_link else None
-            material, taken, ticket = await self.linkkeys.take_hop(p.in_link, list(msg.link_key_ids), caller_name,
-                                                                   out, verify, p.relay_id)
-            p.out_link_keys, p.intent = 0, None  # taken: the reservation and the intent went with them
+            material, taken, ticket = await self.linkkeys.take_hop(
+                p.in_link, list(msg.link_key_ids), caller_name, self._out(p, n), verify, p.relay_id, self._per_slot(p))
+            self._taken(p)
             plain = xor(msg.ciphertext, split_material(material, n * kb)[1])
             keys = [plain[i * kb:(i + 1) * kb] for i in range(n)]
             if self.node_id == p.target and p.out_route is None:
                 await self._store(p, list(msg.key_ids), keys)  # durable: so is the take before it
                 self.counters["relays_stored"] += 1
                 self.counters["keys_terminated"] += n
+                done = True
                 return pb.CommitReply(stored=n)
             # the take becomes durable while the next hops work, before this node answers upstream
             durable = asyncio.ensure_future(self.linkkeys.barrier(ticket))
@@ -451,6 +494,7 @@ class Forwarder:
                 await durable
             self.counters["relays_forwarded"] += 1
             self.counters["keys_forwarded"] += n
+            done = True
             return reply
         except RelayError as err:
             self.counters["relays_failed"] += 1
@@ -459,7 +503,33 @@ class Forwarder:
                 self._spawn(self._abort_downstream(p, "upstream hop failed"))
             raise
         finally:
-            self._release(p)
+            self.committing.discard(p.relay_id)
+            if done and p.slots and p.expires > time.monotonic():
+                self.pending[p.relay_id] = p  # prepared ahead, with commits left
+            else:
+                self._release(p)
+
+    def _out(self, p: Pending, n: int) -> tuple[str, int, str] | None:
+        """What this hop takes for the next one to carry n keys: (link, link keys, next hop)."""
+        if p.downstream is None or p.out_link is None:
+            return None
+        return p.out_link, link_keys_needed(n, p.key_size_bits // 8, p.out_link_kb), p.downstream.name
+
+    @staticmethod
+    def _per_slot(p: Pending) -> int:
+        """Link keys reserved here for one commit of p."""
+        return p.out_link_keys // p.slots if p.slots else 0
+
+    def _taken(self, p: Pending) -> None:
+        """One commit's link keys are taken, its part of the intent spent with them: its reservation
+        (for as many keys as prepared, maybe more than sent) goes."""
+        per_slot = self._per_slot(p)
+        if p.out_link is not None and per_slot:
+            self.linkkeys.release(p.out_link, per_slot)
+        p.out_link_keys -= per_slot
+        p.slots -= 1
+        if not p.slots:
+            p.intent = None  # spent
 
     async def handle_abort(self, req: pb.AbortRequest, caller_name: str) -> pb.AbortReply:
         p = self.pending.get(req.relay_id)
@@ -483,9 +553,9 @@ class Forwarder:
         """Pad and tag the keys with this hop's link keys (taken here unless `taken`), send them on."""
         assert p.downstream is not None and p.out_link is not None
         if taken is None:  # the origin: its store commits durably once the far end has the keys
-            out = (p.out_link, p.out_link_keys, p.downstream.name)
-            taken = (await self.linkkeys.take_hop(None, [], None, out, None, p.relay_id))[1]
-            p.out_link_keys, p.intent = 0, None
+            taken = (await self.linkkeys.take_hop(None, [], None, self._out(p, len(keys)), None, p.relay_id,
+                                                  self._per_slot(p)))[1]
+            self._taken(p)
         payload = b"".join(keys)
         mac_key, pad = split_material(b"".join(k for _, k in taken), len(payload))
         msg = pb.RelayHop(relay_id=p.relay_id, route_id=p.out_route or p.route_id, origin=p.out_origin or p.origin,
@@ -514,8 +584,9 @@ class Forwarder:
                 stored = await asyncio.to_thread(self.store.ingest, p.route_id, rows)
             except KeyStoreError as err:
                 raise RelayStoreFull(f"{self.where}: storing relayed keys failed: {err.message}") from None
-        self._reserved_room[p.route_id] -= p.room
-        p.room = 0
+        room = min(p.room, p.n)  # this commit's
+        self._reserved_room[p.route_id] -= room
+        p.room -= room
         self.counters["keys_stored"] += stored
         if stored != len(rows):
             raise RelayStoreFull(f"{self.where}: relay key store of route {p.route_id} took {stored} of {len(rows)} keys")
@@ -560,11 +631,24 @@ class Forwarder:
             raise
 
     async def _relay(self, route: RelayRoute, target: str, n: int) -> Delivery:
-        kb = RELAY_KEY_SIZE_BITS // 8
+        p = self.ready.take(route.route_id, n)
+        if p is not None:  # prepared ahead: the commit pass only
+            self.counters["ready_used"] += 1
+            try:
+                return await self._commit_origin(route, p, n)
+            except UnknownRelay as err:  # a hop lost it (restarted, say): both passes afresh
+                self.counters["ready_lost"] += 1
+                log.info("%s: relay prepared ahead on route %s was lost (%s); preparing afresh",
+                         self.where, route.route_id, err.message)
         req = pb.PrepareRequest(relay_id=str(uuid.uuid4()), route_id=route.route_id, origin=self.node_id,
                                 target=target, hop=0, keys=n, key_size_bits=RELAY_KEY_SIZE_BITS)
         p = await self._prepare(req, None)
         del self.pending[p.relay_id]
+        return await self._commit_origin(route, p, n)
+
+    async def _commit_origin(self, route: RelayRoute, p: Pending, n: int) -> Delivery:
+        """The commit pass of prepared relay p from this origin, with n fresh keys."""
+        kb = RELAY_KEY_SIZE_BITS // 8
         try:
             try:
                 material = await self.entropy(n * kb)
@@ -577,13 +661,18 @@ class Forwarder:
             await self._forward(p, ids, keys)
             await self._store(p, ids, keys)
         except BaseException:  # a RelayError, or the 014 request was cancelled
-            if p.out_link_keys:  # failed before this hop's commit: release downstream at once
+            self.ready.give_back(route, p, False)
+            if p.out_link_keys:  # reserved downstream (not committed, or commits left): release it
                 self._spawn(self._abort_downstream(p, "origin failed"))
-            raise
-        finally:
             self._release(p)
+            raise
         self.counters["relays_originated"] += 1
         self.counters["keys_originated"] += n
+        if not self.ready.give_back(route, p, True):
+            if p.out_link_keys:  # commits left that will not be used
+                self._spawn(self._abort_downstream(p, "relay prepared ahead withdrawn"))
+            self._release(p)
+        self.ready.after_relay(route, n)
         return list(zip(ids, keys, strict=True))
 
     async def relay_for(self, request: MasterRequest) -> None:

@@ -67,7 +67,7 @@ def peer_name(context: grpc.aio.ServicerContext) -> str | None:
 Handler = Callable[[Any, str], Awaitable[Any]]
 
 
-_REQUESTS = {"prepare": ("prepared", 0), "commit": ("committed", 1), "abort": ("aborted", 2)}
+_REQUESTS = {"prepare": ("prepared", 0), "commit": ("committed", 1), "abort": ("aborted", 2), "revoke": ("revoked", 3)}
 
 
 class _Servicer(pb_grpc.KeyRelayServicer):
@@ -75,10 +75,10 @@ class _Servicer(pb_grpc.KeyRelayServicer):
     (unary calls) or as `Failure` replies (the Hop stream)."""
 
     def __init__(self, neighbours: Callable[[], dict[str, Neighbour]], node_name: str,
-                 prepare: Handler, commit: Handler, abort: Handler) -> None:
+                 prepare: Handler, commit: Handler, abort: Handler, revoke: Handler) -> None:
         self._neighbours = neighbours
         self._node_name = node_name
-        self._prepare, self._commit, self._abort = prepare, commit, abort
+        self._prepare, self._commit, self._abort, self._revoke = prepare, commit, abort, revoke
         self.closing = asyncio.Event()  # set by RelayServer.stop: Hop streams end after their requests
 
     async def _run(self, handler: Handler, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -99,7 +99,7 @@ class _Servicer(pb_grpc.KeyRelayServicer):
         if caller is None or caller not in self._neighbours():
             err = NotNeighbour(f"{self._node_name}: certificate {caller or '(no CN)'} is not a neighbour's")
             await context.abort(err.code, err.message, trailing_metadata=err.metadata())
-        handlers = (self._prepare, self._commit, self._abort)
+        handlers = (self._prepare, self._commit, self._abort, self._revoke)
         write_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -161,8 +161,8 @@ class RelayServer:
 
     @classmethod
     def create(cls, pki: CertPaths, node_name: str, neighbours: Callable[[], dict[str, Neighbour]],
-               prepare: Handler, commit: Handler, abort: Handler) -> RelayServer:
-        return cls(pki, _Servicer(neighbours, node_name, prepare, commit, abort))
+               prepare: Handler, commit: Handler, abort: Handler, revoke: Handler) -> RelayServer:
+        return cls(pki, _Servicer(neighbours, node_name, prepare, commit, abort, revoke))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         ca, key, cert = _read(self.pki)
@@ -190,8 +190,10 @@ def _expire(fut: asyncio.Future[pb.HopMessage]) -> None:
 class HopStream:
     """The client end of one Hop stream to a neighbour: concurrent requests, replies by call_id."""
 
-    def __init__(self, stub: pb_grpc.KeyRelayStub, peer: str) -> None:
+    def __init__(self, stub: pb_grpc.KeyRelayStub, peer: str,
+                 on_broken: Callable[[str], None] | None = None) -> None:
         self.peer = peer
+        self._on_broken = on_broken
         self._call = stub.Hop()
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[pb.HopMessage]] = {}
@@ -213,8 +215,11 @@ class HopStream:
                 reason = err.details() or reason
         except asyncio.CancelledError:
             reason = "stream cancelled"
+            self._on_broken = None  # closed by this node: not news to report
         finally:
             self.broken = True
+            if self._on_broken is not None:
+                self._on_broken(self.peer)
             for fut in self._waiting.values():
                 if not fut.done():
                     fut.set_exception(PeerUnreachable(f"neighbour {self.peer}: {reason}"))
@@ -244,19 +249,23 @@ class HopStream:
             self._waiting.pop(call_id, None)
 
     async def close(self) -> None:
+        self._on_broken = None
         self._call.cancel()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
-_REPLY = {"prepare": "prepared", "commit": "committed", "abort": "aborted"}
+_REPLY = {"prepare": "prepared", "commit": "committed", "abort": "aborted", "revoke": "revoked"}
 
 
 class NeighbourChannels:
-    """One lazily opened mutual-TLS channel (stub and Hop stream) per neighbour, keyed by node name."""
+    """One lazily opened mutual-TLS channel (stub and Hop stream) per neighbour, keyed by node name;
+    `on_broken(name)` is called when a neighbour's stream ends other than by `close()` (the
+    neighbour stopped, restarted or became unreachable)."""
 
-    def __init__(self, pki: CertPaths) -> None:
+    def __init__(self, pki: CertPaths, on_broken: Callable[[str], None] | None = None) -> None:
         self.pki = pki
+        self.on_broken = on_broken
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.KeyRelayStub, tuple[str, int]]] = {}
         self._streams: dict[str, HopStream] = {}
 
@@ -276,14 +285,14 @@ class NeighbourChannels:
         return stub
 
     async def call(self, nb: Neighbour, method: str, request: Any, timeout: float) -> Any:
-        """Call `method` (prepare, commit, abort) on the neighbour over its Hop stream; the
+        """Call `method` (prepare, commit, abort, revoke) on the neighbour over its Hop stream; the
         neighbour's RelayError (or a transport failure) is raised as such."""
         stub = self.stub(nb)
         stream = self._streams.get(nb.name)
         if stream is None or stream.broken:
             if stream is not None:
                 await stream.close()
-            stream = self._streams[nb.name] = HopStream(stub, nb.name)
+            stream = self._streams[nb.name] = HopStream(stub, nb.name, self.on_broken)
         reply = await stream.request(method, request, timeout)
         if reply.WhichOneof("body") == "failure":
             raise RelayError.from_failure(reply.failure.kind, reply.failure.message)

@@ -2,8 +2,9 @@
 
 A relaying node records an intent durably when it prepares a hop (`Intents.add_intent`: relay,
 link key association, number of keys of its master half), then takes the keys without fsync when
-the hop is committed (`KeyStore.begin_batch(durable=False, drop_intents=...)`), deleting the intent
-in the same transaction, and makes that transaction durable later (`sync`, one small durable commit
+the hop is committed (`KeyStore.begin_batch(durable=False, spend_intents=...)`), lowering the
+intent by what the take covered in the same transaction (a relay prepared for several commits spends
+it a commit at a time; zero deletes it), and makes that transaction durable later (`sync`, one small durable commit
 shared by every waiter up to it: in WAL mode an fsync of a later commit persists every frame before
 it).
 

@@ -412,7 +412,8 @@ class KeyStore(Intents):
         return self.finish_batch(batch)
 
     def begin_batch(self, requests: Sequence[DeliveryRequest], *, blocking: bool = True,
-                    durable: bool = True, drop_intents: Sequence[str] = ()) -> OpenBatch | None:
+                    durable: bool = True, drop_intents: Sequence[str] = (),
+                    spend_intents: Sequence[tuple[str, int]] = ()) -> OpenBatch | None:
         """Phase 1 of `deliver_batch`: do all the work in an open transaction, without the fsync.
 
         Takes the store lock and keeps it until `finish_batch`, which may run in another thread
@@ -420,7 +421,8 @@ class KeyStore(Intents):
         None at once if the store is busy. Nothing is released to callers before phase 2.
         durable=False commits without fsync: only for takes covered by an intent (`add_intent`)
         or followed by `sync` before anything depends on them. `drop_intents` are deleted in the
-        same transaction (the takes they announced are these).
+        same transaction (the takes they announced are these); `spend_intents` (relay ID, n) lower
+        an intent by the n keys this transaction takes for it, deleting it at zero.
         """
         if not self._lock.acquire(blocking):
             return None
@@ -443,11 +445,13 @@ class KeyStore(Intents):
                 batch.results.append(self._apply(writer, a, plan, req))
                 batch.touched.add(req.assoc_id)
             writer.flush()
-            if drop_intents:
+            if drop_intents or spend_intents:
                 if not batch.began:
                     conn.execute("BEGIN IMMEDIATE")
                     batch.began = True
                 conn.executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in drop_intents])
+                conn.executemany("DELETE FROM intent WHERE relay_id = ? AND n <= ?", spend_intents)
+                conn.executemany("UPDATE intent SET n = n - ? WHERE relay_id = ?", [(n, r) for r, n in spend_intents])
         except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
             batch.fail(e)
             writer.discard()
