@@ -186,8 +186,8 @@ class ReadyRelays:
         fwd = self.fwd
         for rid, (_, p) in list(self._ready.items()):
             if p.downstream is not None and p.downstream.name == name:
-                del self._ready[rid]
-                fwd._release(p)  # the neighbour lost its reservations with the stream
+                del self._ready[rid]  # the neighbour most likely lost it; if not, the abort releases it
+                fwd._spawn(self.withdraw(p, f"{fwd.where}: stream to next hop {name} broke"))
         for p in list(fwd.pending.values()):
             if p.ahead and p.upstream is not None and p.downstream is not None and p.downstream.name == name:
                 fwd._spawn(self.revoke(p, f"{fwd.where}: stream to next hop {name} broke"))
