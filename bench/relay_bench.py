@@ -6,9 +6,10 @@ the launcher), one SAE on each end node, ETSI 014 over mutual TLS.
 
 * relay.hop_latency.p50: what one more hop adds to an end-to-end relay. On every chain, one SAE
   asks enc_keys for one key for the SAE at the far end, sequentially, over one keep-alive
-  connection (the request returns once the far end stored the key durably: prepare pass + commit
-  pass + the stores' commits); the figure is the least-squares slope of the p50 latency against
-  the number of hops (the p50 of each chain is printed on stderr).
+  connection (the request returns once the far end stored the key durably: the commit pass and the
+  stores' commits, the prepare pass having run ahead of the request, see forwarder/ready.py, except
+  for the first request and one in 17); the figure is the least-squares slope of the p50 latency
+  against the number of hops (the p50 of each chain is printed on stderr).
 * relay.efficiency: on the 6-hop chain, whose middle link is the bottleneck (a longer fibre), SAEs
   at both ends ask enc_keys for 64 keys at a time from several concurrent clients each, retrying at
   once on 503: a demand above what the bottleneck link generates, in both directions, so that both
