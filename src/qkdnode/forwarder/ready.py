@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 READY_MAX_KEYS = 64  # keys per commit
 READY_MAX_SLOTS = 16  # commits per relay prepared ahead
-READY_LINK_KEYS = 256  # what a relay prepared ahead may hold on each hop, in 256-bit link keys
+READY_LINK_KEYS = 64  # what a relay prepared ahead may hold on each hop, in 256-bit link keys
 READY_REFRESH_S = 10.0  # replace a ready relay this long before it would expire
 READY_MARGIN_S = 5.0  # never commit one this close to its expiry
 READY_IDLE_S = 60.0  # keep one ready while the route relayed within this time
