@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 
 # The main job: boot a network from the default topology and show it working.
 demo: setup
+	rm -rf $(STATE)/demo  # each demo boots the network afresh (datastores, logs and network.json of the last one go)
 	$(VENV)/bin/qkdnet up --state-dir $(STATE)/demo --duration $(DURATION)
 
 test: setup

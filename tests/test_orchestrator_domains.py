@@ -92,7 +92,14 @@ def test_a_domain_never_holds_a_node_id_of_the_other_domains_interior(domains: U
         try:
             await orch.start()
             await orch.refresh()
-            assert rid in orch.routes and orch.routes[rid].stitch == domains.net["nodes"]["gw"]["node_id"]
+            rebuilt = orch.routes.get(rid)
+            assert rebuilt is not None and rebuilt.stitch == domains.net["nodes"]["gw"]["node_id"]
+            assert rebuilt.peer_dst is None  # the nodes do not name the peer's end
+            # the declared route asked again (as `qkdnet up` does on a state dir it ran before): the same
+            again = await orch.provision_route("alice", "bob", rebuilt.min_rate, list(rebuilt.saes), route_id=rid)
+            assert again is rebuilt and again.peer_dst == "bob"
+            with pytest.raises(Exception, match="exists with other parameters"):
+                await orch.provision_route("alice", "bob", rebuilt.min_rate + 1, list(rebuilt.saes), route_id=rid)
             return [repr(orch.model.nodes), repr(orch.routes), repr(orch.ids),
                     json.dumps(orch.topology_json()), json.dumps(orch.links_json()), json.dumps(orch.events)]
         finally:

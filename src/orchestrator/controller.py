@@ -203,7 +203,12 @@ class Orchestrator:
             s = self.model.resolve(src)
             d = self.model.resolve(dst)
             if existing is not None:
-                if (s, d) == (existing.src, existing.dst) and int(rate_bps) == existing.min_rate:
+                # a cross-domain route ends here at its border node (`stitch`); one rebuilt from the
+                # nodes after a restart does not know the peer's destination it was asked for
+                crossing = d is None and existing.stitch == existing.dst and existing.peer_dst in (None, dst)
+                if s == existing.src and (d == existing.dst or crossing) and int(rate_bps) == existing.min_rate:
+                    if crossing:
+                        existing.peer_dst = dst
                     return existing
                 raise RequestError(f"route {rid} exists with other parameters", 409)
             if s is None:
