@@ -228,11 +228,11 @@ class ReadyRelays:
             return pb.RevokeReply(released=False)
         if req.relay_id in fwd.committing:
             return pb.RevokeReply(released=False)
-        for rid, (_, p) in list(self._ready.items()):
-            if p.relay_id == req.relay_id:
-                self._check_caller(p, caller)
+        for rid, (_, ready) in list(self._ready.items()):
+            if ready.relay_id == req.relay_id:
+                self._check_caller(ready, caller)
                 del self._ready[rid]
-                fwd._release(p)
+                fwd._release(ready)
                 fwd.counters["ready_revoked"] += 1
                 log.info("%s: relay prepared ahead on route %s revoked: %s", fwd.where, rid, req.reason)
                 return pb.RevokeReply(released=True)

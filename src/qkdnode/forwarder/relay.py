@@ -22,6 +22,7 @@ other end (the target):
    then does enc_keys answer. A hop that fails takes nothing more and aborts the reservations
    downstream; hops before it have consumed their link keys (the price of a tampered message).
 
+What the origin does (draw the keys, the route's rate, its own copy) is in `origin.py`.
 An origin that has just relayed on a route prepares the next relay at once (`ready.py`): the next
 request of at most that many keys runs the commit pass only, and may commit fewer keys than were
 prepared (each hop takes the link keys of the keys sent and releases the rest of its reservation).
@@ -46,48 +47,29 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..keystore.errors import (
-    AssociationConflict,
-    KeySizeNotSupported,
-    KeyStoreError,
-    RequestLimitExceeded,
-    UnknownAssociation,
-)
+from ..keystore.errors import AssociationConflict, KeyStoreError, UnknownAssociation
 from ..keystore.store import KeyStore
-from ..keystore.types import Delivery, MasterRequest, Stats, parse_key_id
+from ..keystore.types import Delivery, Stats, parse_key_id
 from ..pki import CertPaths
 from ..qkd015 import LinkConfig
-from .errors import (
-    BadRelayMessage,
-    EntropyUnavailable,
-    LinkKeyShort,
-    NoRoute,
-    NotNeighbour,
-    RateLimited,
-    RelayError,
-    RelayStoreFull,
-    RelayUnavailable,
-    UnknownRelay,
-)
+from .errors import BadRelayMessage, LinkKeyShort, NoRoute, NotNeighbour, RelayError, RelayStoreFull, UnknownRelay
 from .linkkeys import LinkKeys
 from .mac import TAG_BYTES, authenticated_bytes, link_keys_needed, split_material, wc_tag, wc_verify, xor
+from .origin import RELAY_KEY_SIZE_BITS, Origin
 from .ready import ReadyRelays
 from .routes import RelayRoute, TokenBucket, routes_from_links
 from .service import Neighbour, NeighbourChannels, RelayServer, pb
 
 log = logging.getLogger(__name__)
 
-RELAY_KEY_SIZE_BITS = 256
 PREPARE_TTL_S = 30.0
 CALL_TIMEOUT_S = 15.0
 LINK_SEQ_WAIT_S = 1.0
-BANDWIDTH_WAIT_S = 0.25
 MAX_KEYS_PER_RELAY = 4096
 MAX_SLOTS = 64  # commits one relay prepared ahead may carry
 MAX_HOPS = 64
@@ -134,7 +116,7 @@ async def _urandom(n: int) -> bytes:
     return os.urandom(n)
 
 
-class Forwarder:
+class Forwarder(Origin):
     """Relays keys between this node's key store and its neighbours' forwarders."""
 
     def __init__(self, node_name: str, node_id: str, store: KeyStore, pki: CertPaths, *,
@@ -590,105 +572,3 @@ class Forwarder:
         self.counters["keys_stored"] += stored
         if stored != len(rows):
             raise RelayStoreFull(f"{self.where}: relay key store of route {p.route_id} took {stored} of {len(rows)} keys")
-
-    # -- origin ---------------------------------------------------------------------------------------
-    def _bucket(self, route: RelayRoute) -> TokenBucket | None:
-        if not route.bandwidth_bps:
-            return None
-        entry = self._buckets.get(route.route_id)
-        if entry is None:
-            entry = (route.bandwidth_bps, TokenBucket(route.bandwidth_bps, RELAY_KEY_SIZE_BITS))
-            self._buckets[route.route_id] = entry
-        return entry[1]
-
-    async def relay(self, route_id: str, n: int) -> Delivery:
-        """Generate n keys here, relay them to the other end of the route; return them once stored there
-        and here (durably). Raises RelayError; on failure before the commit nothing is consumed."""
-        route = self.end_route(route_id)
-        if route is None:
-            raise NoRoute(f"{self.where}: no VIRT link {route_id} ending here")
-        target = route.other_end(self.node_id)
-        bits = n * RELAY_KEY_SIZE_BITS
-        bucket = self._bucket(route)
-        if bucket is not None:
-            ok, wait = bucket.take(bits, BANDWIDTH_WAIT_S)
-            if not ok:
-                self.counters["failed:" + RateLimited.kind] += 1
-                raise RateLimited(
-                    f"{self.where}: {bits} bits exceed the burst of route {route_id} (virt_bandwidth "
-                    f"{route.bandwidth_bps} bit/s); ask for fewer keys" if wait == float("inf") else
-                    f"{self.where}: virt_bandwidth of route {route_id} ({route.bandwidth_bps} bit/s) "
-                    f"exceeded; retry in {wait:.2f} s")
-            if wait:
-                await asyncio.sleep(wait)
-        try:
-            return await self._relay(route, target, n)
-        except RelayError as err:
-            self.counters["relays_failed"] += 1
-            self.counters["failed:" + err.kind] += 1
-            if route_id in self._buckets:
-                self._buckets[route_id][1].give_back(bits)
-            raise
-
-    async def _relay(self, route: RelayRoute, target: str, n: int) -> Delivery:
-        p = self.ready.take(route.route_id, n)
-        if p is not None:  # prepared ahead: the commit pass only
-            self.counters["ready_used"] += 1
-            try:
-                return await self._commit_origin(route, p, n)
-            except UnknownRelay as err:  # a hop lost it (restarted, say): both passes afresh
-                self.counters["ready_lost"] += 1
-                log.info("%s: relay prepared ahead on route %s was lost (%s); preparing afresh",
-                         self.where, route.route_id, err.message)
-        req = pb.PrepareRequest(relay_id=str(uuid.uuid4()), route_id=route.route_id, origin=self.node_id,
-                                target=target, hop=0, keys=n, key_size_bits=RELAY_KEY_SIZE_BITS)
-        p = await self._prepare(req, None)
-        del self.pending[p.relay_id]
-        return await self._commit_origin(route, p, n)
-
-    async def _commit_origin(self, route: RelayRoute, p: Pending, n: int) -> Delivery:
-        """The commit pass of prepared relay p from this origin, with n fresh keys."""
-        kb = RELAY_KEY_SIZE_BITS // 8
-        try:
-            try:
-                material = await self.entropy(n * kb)
-            except Exception as exc:
-                raise EntropyUnavailable(f"{self.where}: entropy source failed ({type(exc).__name__})") from None
-            if len(material) != n * kb:
-                raise EntropyUnavailable(f"{self.where}: entropy source returned {len(material)} of {n * kb} bytes")
-            ids = [str(uuid.uuid4()) for _ in range(n)]
-            keys = [material[i * kb:(i + 1) * kb] for i in range(n)]
-            await self._forward(p, ids, keys)
-            await self._store(p, ids, keys)
-        except BaseException:  # a RelayError, or the 014 request was cancelled
-            self.ready.give_back(route, p, False)
-            if p.out_link_keys:  # reserved downstream (not committed, or commits left): release it
-                self._spawn(self._abort_downstream(p, "origin failed"))
-            self._release(p)
-            raise
-        self.counters["relays_originated"] += 1
-        self.counters["keys_originated"] += n
-        if not self.ready.give_back(route, p, True):
-            if p.out_link_keys:  # commits left that will not be used
-                self._spawn(self._abort_downstream(p, "relay prepared ahead withdrawn"))
-            self._release(p)
-        self.ready.after_relay(route, n)
-        return list(zip(ids, keys, strict=True))
-
-    async def relay_for(self, request: MasterRequest) -> None:
-        """enc_keys on a relay association: relay `number` new keys first (see RelayCommitter)."""
-        route = self.end_route(request.assoc_id)
-        assert route is not None
-        try:
-            await self._ensure_assoc(route)
-            st = self.store.stats(request.assoc_id)
-            if request.size_bits != st.key_size_bits:
-                raise KeySizeNotSupported(request.size_bits, st.key_size_bits)
-            if not 1 <= request.number <= st.max_keys_per_request:
-                raise RequestLimitExceeded(request.number, st.max_keys_per_request)
-            await self.relay(request.assoc_id, request.number)
-        except RelayError as err:
-            log.info("relay for %s -> %s on route %s failed: %s", request.master_sae, request.slave_sae,
-                     request.assoc_id, err.message)
-            raise RelayUnavailable(err, request.assoc_id, route.other_end(self.node_id)) from None
-
