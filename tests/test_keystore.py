@@ -437,7 +437,7 @@ def test_intent_taken_without_fsync_then_synced(tmp_path: Path) -> None:
     st.add_intent("r1", "l", 4, "forwarder:A", "forwarder:B")
     synced = st.synced
     batch = st.begin_batch([MasterRequest("l", "forwarder:A", "forwarder:B", 4, 256)], durable=False,
-                           drop_intents=["r1"])
+                           spend_intents=[("r1", 4)])
     assert batch is not None
     (taken,) = st.finish_batch(batch)
     assert len(taken) == 4 and batch.ticket > synced  # type: ignore[arg-type]

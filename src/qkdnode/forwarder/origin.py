@@ -56,6 +56,13 @@ class Origin:
         def _release(self, p: Pending) -> None: ...
         def _spawn(self, coro: Awaitable[Any]) -> None: ...
 
+    def _abandon(self, p: Pending, reason: str) -> None:
+        """Release relay p here, and downstream if link keys are still reserved for it there (not
+        committed yet, or commits left of a relay prepared ahead)."""
+        if p.out_link_keys:
+            self._spawn(self._abort_downstream(p, reason))
+        self._release(p)
+
     def _bucket(self, route: RelayRoute) -> TokenBucket | None:
         if not route.bandwidth_bps:
             return None
@@ -71,7 +78,6 @@ class Origin:
         route = self.end_route(route_id)
         if route is None:
             raise NoRoute(f"{self.where}: no VIRT link {route_id} ending here")
-        target = route.other_end(self.node_id)
         bits = n * RELAY_KEY_SIZE_BITS
         bucket = self._bucket(route)
         if bucket is not None:
@@ -86,7 +92,7 @@ class Origin:
             if wait:
                 await asyncio.sleep(wait)
         try:
-            return await self._relay(route, target, n)
+            return await self._relay(route, n)
         except RelayError as err:
             self.counters["relays_failed"] += 1
             self.counters["failed:" + err.kind] += 1
@@ -94,7 +100,7 @@ class Origin:
                 self._buckets[route_id][1].give_back(bits)
             raise
 
-    async def _relay(self, route: RelayRoute, target: str, n: int) -> Delivery:
+    async def _relay(self, route: RelayRoute, n: int) -> Delivery:
         p = self.ready.take(route.route_id, n)
         if p is not None:  # prepared ahead: the commit pass only
             self.counters["ready_used"] += 1
@@ -104,11 +110,18 @@ class Origin:
                 self.counters["ready_lost"] += 1
                 log.info("%s: relay prepared ahead on route %s was lost (%s); preparing afresh",
                          self.where, route.route_id, err.message)
+        return await self._commit_origin(route, await self.prepare_origin(route, n), n)
+
+    async def prepare_origin(self, route: RelayRoute, n: int, ahead_slots: int = 0) -> Pending:
+        """The prepare pass of a relay of n keys from this origin: for a request now, or, with
+        `ahead_slots`, ahead of demand for that many commits (ready.py)."""
         req = pb.PrepareRequest(relay_id=str(uuid.uuid4()), route_id=route.route_id, origin=self.node_id,
-                                target=target, hop=0, keys=n, key_size_bits=RELAY_KEY_SIZE_BITS)
+                                target=route.other_end(self.node_id), hop=0, keys=n,
+                                key_size_bits=RELAY_KEY_SIZE_BITS, ahead=ahead_slots > 0, slots=ahead_slots)
         p = await self._prepare(req, None)
-        del self.pending[p.relay_id]
-        return await self._commit_origin(route, p, n)
+        if self.pending.pop(p.relay_id, None) is not p:  # the sweeper released it meanwhile
+            raise UnknownRelay(f"{self.where}: relay {p.relay_id} expired while it was being prepared")
+        return p
 
     async def _commit_origin(self, route: RelayRoute, p: Pending, n: int) -> Delivery:
         """The commit pass of prepared relay p from this origin, with n fresh keys."""
@@ -126,16 +139,12 @@ class Origin:
             await self._store(p, ids, keys)
         except BaseException:  # a RelayError, or the 014 request was cancelled
             self.ready.give_back(route, p, False)
-            if p.out_link_keys:  # reserved downstream (not committed, or commits left): release it
-                self._spawn(self._abort_downstream(p, "origin failed"))
-            self._release(p)
+            self._abandon(p, "origin failed")
             raise
         self.counters["relays_originated"] += 1
         self.counters["keys_originated"] += n
         if not self.ready.give_back(route, p, True):
-            if p.out_link_keys:  # commits left that will not be used
-                self._spawn(self._abort_downstream(p, "relay prepared ahead withdrawn"))
-            self._release(p)
+            self._abandon(p, "relay prepared ahead withdrawn")
         self.ready.after_relay(route, n)
         return list(zip(ids, keys, strict=True))
 

@@ -35,12 +35,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING
 
 from .errors import NotNeighbour, RelayError
 from .routes import RelayRoute
-from .service import pb
+from .service import CALL_TIMEOUT_S, pb
 
 if TYPE_CHECKING:
     from .relay import Forwarder, Pending
@@ -54,15 +53,13 @@ READY_REFRESH_S = 10.0  # replace a ready relay this long before it would expire
 READY_MARGIN_S = 5.0  # never commit one this close to its expiry
 READY_IDLE_S = 60.0  # keep one ready while the route relayed within this time
 READY_RETRY_S = 1.0  # after a prepare ahead failed (link keys short...), wait this long on that route
-CALL_TIMEOUT_S = 15.0
 
 
 class ReadyRelays:
     """The relays this node prepared ahead as an origin, one per route, and the revocations."""
 
-    def __init__(self, fwd: Forwarder, key_size_bits: int) -> None:
+    def __init__(self, fwd: Forwarder) -> None:
         self.fwd = fwd
-        self.key_size_bits = key_size_bits
         self._ready: dict[str, tuple[RelayRoute, Pending]] = {}  # route_id ->
         self._making: set[str] = set()
         self._in_use: dict[str, tuple[str, Pending]] = {}  # relay_id -> (route_id, relay) of a request
@@ -114,11 +111,8 @@ class ReadyRelays:
     async def _make(self, route: RelayRoute, n: int) -> None:
         fwd = self.fwd
         slots = max(1, min(READY_MAX_SLOTS, READY_LINK_KEYS // (n + 1)))
-        req = pb.PrepareRequest(relay_id=str(uuid.uuid4()), route_id=route.route_id, origin=fwd.node_id,
-                                target=route.other_end(fwd.node_id), hop=0, keys=n,
-                                key_size_bits=self.key_size_bits, ahead=True, slots=slots)
         try:
-            p = await fwd._prepare(req, None)
+            p = await fwd.prepare_origin(route, n, slots)
         except RelayError as err:  # link keys short, store full...: the next request prepares itself
             self._failed[route.route_id] = time.monotonic()
             fwd.counters["ready_not_made"] += 1
@@ -126,7 +120,6 @@ class ReadyRelays:
             return
         finally:
             self._making.discard(route.route_id)
-        fwd.pending.pop(p.relay_id, None)
         if p.revoked or fwd.routes.get(route.route_id) != route or route.route_id in self._ready:
             await self.withdraw(p, "route changed")
             return

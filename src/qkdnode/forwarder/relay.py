@@ -63,12 +63,11 @@ from .mac import TAG_BYTES, authenticated_bytes, link_keys_needed, split_materia
 from .origin import RELAY_KEY_SIZE_BITS, Origin
 from .ready import ReadyRelays
 from .routes import RelayRoute, TokenBucket, routes_from_links
-from .service import Neighbour, NeighbourChannels, RelayServer, pb
+from .service import CALL_TIMEOUT_S, Neighbour, NeighbourChannels, RelayServer, pb
 
 log = logging.getLogger(__name__)
 
 PREPARE_TTL_S = 30.0
-CALL_TIMEOUT_S = 15.0
 LINK_SEQ_WAIT_S = 1.0
 MAX_KEYS_PER_RELAY = 4096
 MAX_SLOTS = 64  # commits one relay prepared ahead may carry
@@ -137,7 +136,7 @@ class Forwarder(Origin):
         self._ingest_locks: dict[str, asyncio.Lock] = {}
         self._assoc_ready: set[str] = set()
         self.committing: set[str] = set()  # relays whose commit pass runs through this node now
-        self.ready = ReadyRelays(self, RELAY_KEY_SIZE_BITS)
+        self.ready = ReadyRelays(self)
         self.channels = NeighbourChannels(pki, on_broken=self.ready.neighbour_lost)
         self.server = RelayServer.create(pki, node_name, lambda: self.neighbours, self.handle_prepare,
                                          self.handle_commit, self.handle_abort, self.ready.handle_revoke)
@@ -335,6 +334,7 @@ class Forwarder(Origin):
                 or parse_key_id(req.relay_id) is None or req.relay_id in self.pending:
             raise BadRelayMessage(f"{where}: malformed or duplicate prepare")
         upstream_id, downstream_id = route.hops_towards(req.target)
+        slots = max(req.slots, 1)
         in_link: str | None = None
         link_kb = 0
         if caller is None:
@@ -347,12 +347,12 @@ class Forwarder(Origin):
             if self.links().get(in_link) != caller.node_id:
                 raise BadRelayMessage(f"{where}: {in_link} is not a QKD link with {caller.name} in service")
             link_kb = self.store.stats(in_link).key_size_bits // 8
-            if req.link_keys != max(req.slots, 1) * link_keys_needed(req.keys, kb, link_kb):
+            if req.link_keys != slots * link_keys_needed(req.keys, kb, link_kb):
                 raise BadRelayMessage(f"{where}: {req.link_keys} link keys cannot carry {req.keys} keys "
-                                      f"{max(req.slots, 1)} times")
+                                      f"{slots} times")
             await self._await_link_seq(in_link, req.link_seq, caller.name)
         p = Pending(req.relay_id, req.route_id, req.origin, req.target, req.hop, req.keys, req.key_size_bits,
-                    0 if req.origin == route.local_end else 1, caller, in_link, link_kb, req.ahead, max(req.slots, 1))
+                    0 if req.origin == route.local_end else 1, caller, in_link, link_kb, req.ahead, slots)
         onward = self.continuation(route, req.origin) if self.node_id == req.target and caller else None
         try:
             if onward is not None:  # a border node: the keys go on under the next domain's segment
@@ -362,12 +362,12 @@ class Forwarder(Origin):
                 st = self.store.stats(route.route_id)
                 if req.key_size_bits != st.key_size_bits:
                     raise BadRelayMessage(f"{where}: route {route.route_id} relays {st.key_size_bits}-bit keys")
-                room = st.capacity - st.available_total - self._reserved_room[route.route_id]
-                if room < p.n * p.slots:
+                room, needed = st.capacity - st.available_total - self._reserved_room[route.route_id], p.n * slots
+                if room < needed:
                     raise RelayStoreFull(f"{where}: relay key store of route {route.route_id} has room for "
-                                         f"{max(room, 0)} keys, {p.n * p.slots} needed")
-                self._reserved_room[route.route_id] += p.n * p.slots
-                p.room = p.n * p.slots
+                                         f"{max(room, 0)} keys, {needed} needed")
+                self._reserved_room[route.route_id] += needed
+                p.room = needed
             if self.node_id == req.target:
                 if downstream_id is not None:
                     raise BadRelayMessage(f"{where}: route {req.route_id} continues beyond its end")

@@ -42,6 +42,7 @@ _OPTIONS = [
     ("grpc.so_reuseport", 0),
 ]
 R = TypeVar("R")
+CALL_TIMEOUT_S = 15.0  # how long a call to a neighbour's forwarder may take
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,7 @@ class HopStream:
         await asyncio.gather(self._reader, return_exceptions=True)
 
 
-_REPLY = {"prepare": "prepared", "commit": "committed", "abort": "aborted", "revoke": "revoked"}
+_REPLY = {method: reply for method, (reply, _) in _REQUESTS.items()}
 
 
 class NeighbourChannels:

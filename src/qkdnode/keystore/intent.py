@@ -118,7 +118,7 @@ def recover_intents(store: KeyStore) -> int:
         left[aid] -= k
         lim = a.info.max_keys_per_request
         requests += [MasterRequest(aid, master, slave, min(lim, k - i), a.info.key_size_bits) for i in range(0, k, lim)]
-    batch = store.begin_batch(requests, drop_intents=[r[0] for r in rows])
+    batch = store.begin_batch(requests, spend_intents=[(r[0], r[2]) for r in rows])
     assert batch is not None
     results = store.finish_batch(batch)
     failed = [r for r in results if isinstance(r, KeyStoreError)]

@@ -412,17 +412,16 @@ class KeyStore(Intents):
         return self.finish_batch(batch)
 
     def begin_batch(self, requests: Sequence[DeliveryRequest], *, blocking: bool = True,
-                    durable: bool = True, drop_intents: Sequence[str] = (),
-                    spend_intents: Sequence[tuple[str, int]] = ()) -> OpenBatch | None:
+                    durable: bool = True, spend_intents: Sequence[tuple[str, int]] = ()) -> OpenBatch | None:
         """Phase 1 of `deliver_batch`: do all the work in an open transaction, without the fsync.
 
         Takes the store lock and keeps it until `finish_batch`, which may run in another thread
         (the event loop does phase 1, a commit thread does phase 2). With blocking=False, returns
         None at once if the store is busy. Nothing is released to callers before phase 2.
         durable=False commits without fsync: only for takes covered by an intent (`add_intent`)
-        or followed by `sync` before anything depends on them. `drop_intents` are deleted in the
-        same transaction (the takes they announced are these); `spend_intents` (relay ID, n) lower
-        an intent by the n keys this transaction takes for it, deleting it at zero.
+        or followed by `sync` before anything depends on them. `spend_intents` (relay ID, n) lower
+        an intent by the n keys this transaction takes for it, in the same transaction, deleting it
+        at zero (all of it: the takes it announced are these).
         """
         if not self._lock.acquire(blocking):
             return None
@@ -445,11 +444,10 @@ class KeyStore(Intents):
                 batch.results.append(self._apply(writer, a, plan, req))
                 batch.touched.add(req.assoc_id)
             writer.flush()
-            if drop_intents or spend_intents:
+            if spend_intents:
                 if not batch.began:
                     conn.execute("BEGIN IMMEDIATE")
                     batch.began = True
-                conn.executemany("DELETE FROM intent WHERE relay_id = ?", [(r,) for r in drop_intents])
                 conn.executemany("DELETE FROM intent WHERE relay_id = ? AND n <= ?", spend_intents)
                 conn.executemany("UPDATE intent SET n = n - ? WHERE relay_id = ?", [(n, r) for r, n in spend_intents])
         except Exception as e:  # SQLite failure or a broken invariant: undo the whole group
