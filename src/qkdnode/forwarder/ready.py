@@ -151,6 +151,9 @@ class ReadyRelays:
         """After `set_routes`: withdraw this origin's ready relays whose route changed; revoke the
         relays prepared ahead through this node whose route is gone or no longer passes this way."""
         fwd = self.fwd
+        for seen in (self._last_used, self._failed):  # what is known of routes that went
+            for rid in [r for r in seen if r not in fwd.routes]:
+                del seen[rid]
         for rid, (route, p) in list(self._ready.items()):
             if fwd.routes.get(rid) != route:
                 del self._ready[rid]
