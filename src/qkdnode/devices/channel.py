@@ -229,7 +229,7 @@ def encode(frame: Frame) -> bytes:
         kb = frame.key_bytes
         run = frame.run
         if run.key_bytes != kb:
-            raise ValueError("key IDs must be 16 bytes and keys key_bytes long")
+            raise ValueError(f"the keys are {run.key_bytes} bytes long, the frame says {kb}")
         body = b"".join((
             _TICK.pack(frame.block, frame.up, frame.skr_bps, _opt(frame.qber), _opt(frame.snr),
                        _opt(frame.excess_noise), frame.loss_db, frame.loss_set_at,
@@ -275,9 +275,10 @@ def decode(kind: int, body: bytes) -> Frame:
         block, up, skr, qber, snr, xi, loss, loss_at, n, kb = r.take(_TICK)
         reason = r.string()
         data = r.rest()
-        if len(data) != n * (24 + kb) or (n and not kb):
-            raise FrameError("key block length does not match its key count")
-        keys = KeyRun.from_records(data, n, kb)
+        try:  # KeyRun checks the block's length against its key count
+            keys = KeyRun.from_records(data, n, kb)
+        except ValueError:
+            raise FrameError("key block length does not match its key count") from None
         return Tick(block, bool(up), reason, skr, _unopt(qber), _unopt(snr), _unopt(xi), loss,
                     loss_at, kb, keys)
     elif ftype is FrameType.ACK:
