@@ -30,18 +30,10 @@ from qkdnode.devices.module import Entropy, ModuleConfig, ModuleStatus, QKDModul
 from qkdnode.keystore import KeyStore, StorageError
 from qkdnode.keystore.feeder import ModuleFeeder
 from qkdnode.pki import CertificateAuthority, CertPaths, client_context, server_context
+from waiting import until
 
 pytestmark = pytest.mark.timeout(30)
 HOST = "127.0.0.1"
-
-
-async def until(pred: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not pred():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def snapshot(m: QKDModule) -> list[BufferedKey]:

@@ -8,28 +8,20 @@ it) costs no link key and leaves no reservation or intent behind.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 
 import pytest
 
 from qkdnode.forwarder.ready import READY_LINK_KEYS, READY_MAX_SLOTS
 from qkdnode.forwarder.relay import Pending
 from test_forwarder import NAMES, ROUTE, Chain, assert_consumed, assert_no_intents, chain, hop_links  # noqa: F401 (fixture)
+from waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def until(cond: Callable[[], object], what: str | Callable[[], str], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, what() if callable(what) else what
-        await asyncio.sleep(0.01)
-
-
 async def ready_at(chain: Chain, node: str = "a") -> Pending:
     fwd = chain.nodes[node].fwd
-    await until(lambda: fwd.ready.relays(), f"no relay prepared ahead at {node}")
+    await until(lambda: fwd.ready.relays(), what=f"a relay prepared ahead at {node}")
     (p,) = fwd.ready.relays()
     return p
 
@@ -41,7 +33,7 @@ def held_anywhere(chain: Chain, relay_id: str, nodes: str = "abcd") -> list[str]
 
 async def released_everywhere(chain: Chain, relay_id: str, nodes: str = "abcd") -> None:
     await until(lambda: not held_anywhere(chain, relay_id, nodes),
-                lambda: f"relay {relay_id} still held at {held_anywhere(chain, relay_id, nodes)}")
+                what=lambda: f"relay {relay_id} to be released (held at {held_anywhere(chain, relay_id, nodes)})")
 
 
 async def test_commit_pass_only_with_fewer_keys_and_exact_accounting(chain: Chain) -> None:
@@ -124,10 +116,10 @@ async def test_revoked_while_a_request_commits_it_the_commit_goes_through(chain:
     try:
         before = chain.snapshot()
         request = asyncio.ensure_future(chain.enc("a", "sae-a", "sae-d", 1))
-        await until(lambda: a.ready.busy, "the request did not take the relay prepared ahead")
+        await until(lambda: a.ready.busy, what="the request to take the relay prepared ahead")
         b.set_routes([])  # b asks a, which answers that a request is committing it
         await until(lambda: b.pending[p.relay_id].revoking is not None and b.pending[p.relay_id].revoking.done(),
-                    "b's revocation was not answered")
+                    what="the answer to b's revocation")
         assert b.pending[p.relay_id].revoking.result() is False
         gate.set()
         status, body = await request
