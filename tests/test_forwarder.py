@@ -28,6 +28,7 @@ from qkdnode.keystore import Etsi014Server, KeyStore, NeighbourResolver, SaeDire
 from qkdnode.pki import CertificateAuthority, CertPaths, client_context, server_context
 from qkdnode.qkd015 import LinkConfig
 from reliability.inproc import store_snapshot
+from waiting import until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -174,10 +175,7 @@ def stray_intents(c: Chain) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
 async def assert_no_intents(c: Chain) -> None:
     """Every relay intent was taken with its keys or withdrawn (withdrawals run in the background),
     but those of the relays prepared ahead (ready.py), which are still held."""
-    deadline = time.monotonic() + 5
-    while stray := stray_intents(c):
-        assert time.monotonic() < deadline, stray
-        await asyncio.sleep(0.02)
+    await until(lambda: not stray_intents(c), what=lambda: f"intents to go: {stray_intents(c)}")
 
 
 async def test_relay_both_ways_and_exact_link_key_accounting(chain: Chain) -> None:

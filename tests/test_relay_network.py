@@ -28,6 +28,7 @@ import yaml
 from orchestrator.launcher import Network
 from orchestrator.nodeclient import QKD_NS, NetconfEndpoint, connect
 from orchestrator.topology import parse_topology
+from waiting import until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -218,11 +219,9 @@ async def test_ring_relays_both_ways_exact_accounting_and_missing_route(ring: Ri
     assert body["details"][0]["reason"] == "no-route" and "node b" in body["message"]
     assert ring.delivered() == before
     # nothing in progress anywhere, and what was prepared ahead on the route via b is released
-    deadline = time.monotonic() + 5
-    while any(p.route_id == rid["via-b"] for node in ring.nodes.values()
-              for p in [*node.keyplane.forwarder.pending.values(), *node.keyplane.forwarder.ready.relays()]):
-        assert time.monotonic() < deadline, "a relay prepared ahead on the removed route is still held"
-        await asyncio.sleep(0.02)
+    await until(lambda: not any(p.route_id == rid["via-b"] for node in ring.nodes.values() for p in
+                                [*node.keyplane.forwarder.pending.values(), *node.keyplane.forwarder.ready.relays()]),
+                what="the relays prepared ahead on the removed route to be released")
     for name, node in ring.nodes.items():
         assert node.keyplane.forwarder.idle(), name
     await relay_and_check(net, "c", "sae-c2", "a", "sae-a2", 2)  # the other route is unaffected
