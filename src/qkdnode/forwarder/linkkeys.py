@@ -106,8 +106,8 @@ class LinkKeys:
         (none at the origin), checked by `verify`, and `out` = (link, m, next peer) reserved keys for
         the next hop, spending `spend` keys of the relay's intent (the caller releases their
         reservation). On a bad tag the named keys are then taken on their own, as the sender took its
-        copies. Returns (the named link keys' bytes, the
-        next hop's link keys, the transaction's ticket for `barrier`)."""
+        copies. Returns (the named link keys' bytes, the next hop's link keys, the transaction's
+        ticket for `barrier`)."""
         in_reqs: list[SlaveRequest] = []
         if in_link is not None:
             assert peer is not None
@@ -141,7 +141,7 @@ class LinkKeys:
                 continue
             if status == "mac":
                 self.counters["mac_failures"] += 1
-                await asyncio.to_thread(self._hop_tx, in_reqs, [], None, None, 0, True, True)
+                await asyncio.to_thread(lambda: self._hop_tx(in_reqs, [], None, None, 0, durable=True))
                 raise MacMismatch(f"{self.where}: tag of the hop from {peer} does not verify; "
                                   f"relay {relay_id} dropped")
             if status == "short":
