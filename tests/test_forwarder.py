@@ -281,6 +281,22 @@ async def test_exhausted_link_key_503_and_nothing_consumed(tmp_path: Path) -> No
         await close_chain(chain)
 
 
+async def test_link_key_stream_with_a_seq_gap(chain: Chain) -> None:
+    """A link key stream restarts at a higher seq (a module restarted; keys offered while a store was
+    full are not stored either). b holds the new stream's first keys, c not yet: a relay takes b's
+    oldest keys, which c holds, so c must not wait for b's newest ones (it did: 503 link-key-exhausted)."""
+    lid = chain.link_ids["b", "c"]
+    newer = [(str(uuid.uuid4()), 10**9 + s, os.urandom(32)) for s in range(2000)]
+    assert chain.nodes["b"].store.ingest(lid, newer) == len(newer)
+    assert chain.nodes["b"].store.own_seq(lid, 1) == 0 and chain.nodes["b"].store.own_seq(lid, 1001) == 10**9
+    before = chain.snapshot()
+    status, body = await chain.enc("a", "sae-a", "sae-d", 3)
+    assert status == 200, body
+    assert_consumed(chain, before, chain.snapshot(), NAMES, 4)
+    status, got = await chain.dec("d", "sae-d", "sae-a", [k["key_ID"] for k in body["keys"]])
+    assert status == 200 and got["keys"] == body["keys"]
+
+
 async def test_missing_route_in_the_middle_503_nothing_consumed(chain: Chain) -> None:
     routes = chain.route(NAMES, apps=tuple(SAES))
     chain.nodes["b"].fwd.set_routes([])  # b lost its VIRT entry

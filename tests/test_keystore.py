@@ -83,6 +83,20 @@ def test_parity_split_and_same_keys_at_both_ends(pair: Any) -> None:
     assert rec is not None and rec.state == "available" and rec.delivered_at is None
 
 
+def test_own_seq_counts_stored_keys_across_seq_gaps(pair: Any) -> None:
+    """own_seq(k): the seq of the k-th oldest own-parity key not delivered (what a relay's next hop must
+    hold), counted on the stored keys: a restarted stream's higher seqs and keys taken out of order."""
+    a, b = pair
+    a.ingest("l", [(str(uuid.uuid4()), 10_000 + s, os.urandom(32)) for s in range(10)])  # a gap after seq 299
+    assert [a.own_seq("l", k) for k in (1, 2, 150, 151, 155)] == [0, 2, 298, 10_000, 10_008]
+    assert a.own_seq("l", 156) is None and a.own_seq("l", 0) is None
+    assert b.own_seq("l", 1) == 1  # b's own parity
+    got = a.take_for_master("l", "m", "s", 3, 256)  # seqs 0, 2, 4
+    assert a.own_seq("l", 1) == 6
+    b.take_by_ids("l", [k for k, _ in got], "m", "s")
+    assert b.own_seq("l", 1) == 1  # the peer's takes do not touch b's own half
+
+
 def test_take_by_ids_all_or_nothing(pair: Any) -> None:
     _, b = pair
     b.take_by_ids("l", [kid(10)], "a1", "b1")

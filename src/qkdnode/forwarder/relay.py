@@ -391,15 +391,17 @@ class Forwarder(Origin):
         if down is None:
             raise NoRoute(f"{self.where}: next hop {downstream_id} of route {route_id} is not a neighbour")
         out_link, m, st = self._pick_link(down, p.n, p.key_size_bits // 8, p.slots)
-        free = st.available_for_masters - self.linkkeys.reserved[out_link]
+        # the receiver must hold the keys up to the last one this relay may take (after those reserved before it)
+        ahead_of_it = self.linkkeys.reserved[out_link]
         self.linkkeys.reserve(out_link, m)
         p.downstream, p.out_link, p.out_link_keys = down, out_link, m
         p.out_link_kb = st.key_size_bits // 8
         self.pending[p.relay_id] = p
+        link_seq = await asyncio.to_thread(self.store.own_seq, out_link, ahead_of_it + m)
         nxt = pb.PrepareRequest(
             relay_id=p.relay_id, route_id=route_id, origin=p.out_origin or p.origin,
             target=p.out_target or p.target, hop=p.hop + 1, link_id=out_link, keys=p.n,
-            key_size_bits=p.key_size_bits, link_keys=m, link_seq=st.last_seq - 2 * max(free - m, 0),
+            key_size_bits=p.key_size_bits, link_keys=m, link_seq=st.last_seq if link_seq is None else link_seq,
             ahead=p.ahead, slots=p.slots if p.slots > 1 else 0,
         )
         # the intent is written while the prepare travels on: the path's fsyncs overlap

@@ -309,6 +309,28 @@ class KeyStore(Intents):
             raise UnknownAssociation(assoc_id)
         return s
 
+    def own_seq(self, assoc_id: str, k: int) -> int | None:
+        """The seq of the k-th oldest key of this node's master parity not delivered yet (k >= 1),
+        None if there are fewer: the key stream a peer must hold for the next k master takes. Seqs
+        are not contiguous (a stream restarts at a higher seq; keys offered while the store was full
+        are not stored), so this is counted on the stored keys, not computed from `last_seq`."""
+        with self._lock:
+            a = self._assoc(assoc_id)
+            if not 1 <= k <= a.avail_own:
+                return None
+            bi = max(bisect_right(a.starts, a.cursor) - 1, 0)
+            while True:
+                b = a.blocks[bi]
+                bi += 1
+                s = max(a.cursor - b.first_seq, 0)
+                if (b.first_seq + s) & 1 != a.info.master_parity:
+                    s += 1
+                for x in range(s, b.n, 2):
+                    if not b.taken[x]:
+                        k -= 1
+                        if not k:
+                            return b.first_seq + x
+
     def _make_stats(self, a: AssocMirror) -> Stats:
         total = a.avail_own + a.avail_other
         return Stats(a.info.assoc_id, a.avail_own, a.avail_other, total, a.delivered,
