@@ -302,6 +302,46 @@ def test_booted_twin_has_9_sites_2_domains_and_the_border_link(madqci: UpNetwork
 
 
 @pytest.mark.timeout(420)
+def test_restarted_orchestrators_rebuild_each_route_in_its_own_domain(madqci: UpNetwork) -> None:
+    """Both domains' orchestrators started afresh on the running twin (as `qkdnet up` does on a state
+    dir it ran before) rebuild every declared route from the nodes, each in the domain it was asked
+    of; route uc3-3 lies only on the two border nodes (quevedo -> norte): only quevedo's own domain
+    (redimadrid) has it, asks for it again get the same route, and telefonica refuses to make it."""
+    import asyncio
+
+    from orchestrator.controller import Orchestrator, RequestError
+    from orchestrator.inventory import from_network_json
+
+    net = madqci.net
+    topo = load_yaml()
+    home = {n["name"]: n["domain"] for n in topo["nodes"]}
+    wanted = {d: {net["routes"][r["name"]]["qkdl_id"] for r in topo["routes"] if home[r["path"][0]] == d}
+              for d in ("redimadrid", "telefonica")}
+    uc3_3 = net["routes"]["uc3-3"]["qkdl_id"]
+    assert uc3_3 in wanted["redimadrid"]
+
+    async def fresh(domain: str) -> set[str]:
+        orch = Orchestrator(from_network_json(net, domain), poll_interval=0, notifications=False)
+        try:
+            await orch.start()
+            origin = {rid for rid, r in orch.routes.items() if r.origin}
+            if domain == "redimadrid":
+                r = orch.routes[uc3_3]
+                again = await orch.provision_route("quevedo", "norte", r.min_rate, list(r.saes), route_id=uc3_3)
+                assert again is r
+            else:
+                with pytest.raises(RequestError, match="domain redimadrid") as refused:
+                    await orch.provision_route("quevedo", "norte", 512, ["opot-3", "opot-4"])
+                assert refused.value.status == 409
+            return origin
+        finally:
+            await orch.stop()
+
+    for domain in ("redimadrid", "telefonica"):
+        assert asyncio.run(fresh(domain)) == wanted[domain], domain
+
+
+@pytest.mark.timeout(420)
 def test_orchestrators_enumerate_the_same_45_direct_links(madqci: UpNetwork) -> None:
     seen: dict[Pair, float] = {}
     for domain in ("redimadrid", "telefonica"):

@@ -114,6 +114,16 @@ def test_cross_domain_ownership_of_the_border_entry() -> None:
     assert (e.segments[0].path, e.segments[0].upstream, e.origin) == (["g", "y", "t"], "x", False)
 
 
+def test_a_route_on_border_nodes_only_belongs_to_its_source_nodes_domain() -> None:
+    # p and q belong to both domains, p's own domain is west (q's east); the route p -> q was asked of west
+    route = Route("r", "p", "q", (), 10, 10, [Segment("r", ["p", "q"], 10, "p", "q")])
+    entries = route_entries(route, {"p", "q"})
+    views = {n: _parse(n, n, entries.get(n, {})) for n in "pq"}
+    [w] = routes_from_views(views, {"p", "q"}, guests={"q"})
+    assert (w.route_id, w.segments[0].path, w.origin) == ("r", ["p", "q"], True)
+    assert routes_from_views(views, {"p", "q"}, guests={"p"}) == []  # east: not its route
+
+
 def test_entry_diff_creates_new_entries_and_reverts_exactly() -> None:
     old = {("qkd_link", "l1"): '<qkd_link nc:operation="replace"><qkdl_id>l1</qkdl_id></qkd_link>'}
     new = {("qkd_link", "l2"): '<qkd_link nc:operation="replace"><qkdl_id>l2</qkdl_id></qkd_link>'}
@@ -130,6 +140,7 @@ def test_inventory_from_network_json_filters_by_domain(tmp_path) -> None:  # typ
         "b": {"domain": "east", "netconf": nc}}, "orchestrators": {"east": {"url": "http://e"}}}
     inv = from_network_json(net, "east")
     assert inv.names() == ["b", "g"] and inv.border_nodes() == ["g"] and inv.peers == {}
+    assert inv.nodes["g"].home == "west" and inv.guests() == ["g"] and from_network_json(net, "west").guests() == []
     assert from_network_json(net, "west").peers == {"east": "http://e"}
     (tmp_path / "inv.yaml").write_text("domain: lab\nnodes:\n  - name: n1\n    netconf: {host: h, port: 830}\n")
     with pytest.raises(InventoryError, match="missing username, password"):

@@ -28,7 +28,7 @@ from lxml import etree
 
 from . import peering
 from .directlink import BuiltLink, DirectLinks
-from .discovery import discover
+from .discovery import discover, node_id
 from .inventory import Inventory
 from .model import (
     EntryKey, NetworkModel, NodeView, Route, Segment, entry_diff, entry_is_ours, pair, route_entries,
@@ -86,8 +86,14 @@ class Orchestrator:
 
     # -- life cycle -------------------------------------------------------------------------------
     async def _discover_all(self) -> list[tuple[str, NodeView | BaseException]]:
-        """Our own nodes first, then the border nodes (read with what we know by then)."""
+        """Our own nodes first, then the border nodes (read with what we know by then: the interior's
+        and every border node's qkdn_id, read first, so that entries between border nodes are seen)."""
         out: list[tuple[str, NodeView | BaseException]] = []
+        unknown = [n for n in sorted(self._border) if n not in self.ids]
+        for name, q in zip(unknown, await asyncio.gather(*(node_id(self.sessions[n]) for n in unknown),
+                                                           return_exceptions=True)):
+            if isinstance(q, str):
+                self.ids[name] = q
         for group in ([n for n in self.sessions if n not in self._border], [n for n in self.sessions if n in self._border]):
             results = await asyncio.gather(*(self._discover(n) for n in group), return_exceptions=True)
             out.extend(zip(group, results))
@@ -146,7 +152,7 @@ class Orchestrator:
     def _rebuild_intent(self) -> None:
         views = {q: v for q, v in self.model.nodes.items() if v.reachable}
         border = {self.ids[n] for n in self.inventory.border_nodes() if n in self.ids}
-        self.routes = {r.route_id: r for r in routes_from_views(views, border)}
+        self.routes = {r.route_id: r for r in routes_from_views(views, border, self._guest_ids())}
         graph = self.model.key_graph()
         for r in self.routes.values():
             if not all(self._segment_ok(s, graph) for s in r.segments):
@@ -163,6 +169,10 @@ class Orchestrator:
                 for a, b in seg.hops():
                     hop = pair(a, b)
                     self.model.reserved[hop] = self.model.reserved.get(hop, 0) + seg.rate
+
+    def _guest_ids(self) -> set[str]:
+        """qkdn_ids of the border nodes whose own domain is another one."""
+        return {self.ids[n] for n in self.inventory.guests() if n in self.ids}
 
     def managed(self) -> set[str]:
         return set(self.model.nodes)
@@ -223,6 +233,11 @@ class Orchestrator:
                     shares = self._paths(s, d, int(rate_bps), path)
                 except NoRoute as exc:
                     raise RequestError(str(exc), 409) from exc
+            border = {self.ids[n] for n in self._border if n in self.ids}
+            if s in self._guest_ids() and all(set(sh.nodes) <= border for sh in shares):
+                home = self.inventory.nodes[self.model.nodes[s].name].home
+                raise RequestError(f"a key route on shared border nodes only belongs to the domain of its source "
+                                   f"node: ask the orchestrator of domain {home}", 409)
             segs = [Segment(qkdl_id_for(rid, i), list(sh.nodes), sh.rate, s, d) for i, sh in enumerate(shares)]
             route = Route(rid, s, d, tuple(saes), int(rate_bps), max_rate, segs,
                           tuple(sae_uuid(x) for x in saes))

@@ -239,6 +239,12 @@ def border_select(known: set[str]) -> str:
     return " | ".join(parts)
 
 
+async def node_id(session: NodeSession) -> str | None:
+    """The node's qkdn_id alone (a border node's, before it is read with `border_select`)."""
+    own = await session.get_xpath("/q:qkd_node/q:qkdn_id", {"q": QKD_NS})
+    return text(own.find(_q("qkd_node")), "qkdn_id")
+
+
 async def discover(session: NodeSession, known: set[str] | None = None, own_id: str | None = None) -> NodeView:
     """Everything the orchestrator needs of one node, in one or two `<get>`s. With `known` (a border
     node): only what names nodes in `known` and the node itself (`own_id`, read from the node first
@@ -247,8 +253,7 @@ async def discover(session: NodeSession, known: set[str] | None = None, own_id: 
         data = await session.get(QKD_FILTER)
     else:
         if own_id is None:
-            own = await session.get_xpath("/q:qkd_node/q:qkdn_id", {"q": QKD_NS})
-            own_id = text(own.find(_q("qkd_node")), "qkdn_id")
+            own_id = await node_id(session)
         data = await session.get_xpath(border_select(set(known) | {own_id or ""}), {"q": QKD_NS})
     view = parse_node(session.name, data)
     caps = await session.call(lambda m: list(m.server_capabilities))

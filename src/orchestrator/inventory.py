@@ -13,7 +13,7 @@ Two sources:
       nodes:
         - name: alice
           netconf: {host: 10.0.0.1, port: 830, username: admin, password: admin, host_key: AAAA...}
-          domains: [metro-a]            # optional; default: the file's domain
+          domains: [metro-a]            # optional; default: the file's domain; the node's own first
       peers:                            # optional: other domains' orchestrators
         metro-b: {url: http://10.0.1.5:8181}
 """
@@ -38,7 +38,12 @@ class InventoryError(Exception):
 class NodeEntry:
     name: str
     endpoint: NetconfEndpoint
-    domains: tuple[str, ...]
+    domains: tuple[str, ...]  # the node's own domain first (network.json `domain`), then the others
+
+    @property
+    def home(self) -> str:
+        """The node's own domain: of a border node, the one it belongs to before the others."""
+        return self.domains[0]
 
 
 @dataclass
@@ -54,6 +59,10 @@ class Inventory:
     def border_nodes(self) -> list[str]:
         """Nodes that also belong to another domain."""
         return sorted(n for n, e in self.nodes.items() if len(e.domains) > 1)
+
+    def guests(self) -> list[str]:
+        """Border nodes whose own domain is another one (this domain's border nodes from elsewhere)."""
+        return sorted(n for n, e in self.nodes.items() if e.home != self.domain)
 
 
 def _endpoint(raw: Any, where: str) -> NetconfEndpoint:

@@ -465,11 +465,14 @@ def entry_is_ours(ln: VirtLink, managed: set[str]) -> bool:
     return not ln.next_hops or ln.next_hops[0] in managed
 
 
-def routes_from_views(views: dict[str, NodeView], border: set[str] = frozenset()) -> list[Route]:  # type: ignore[assignment]
+def routes_from_views(views: dict[str, NodeView], border: set[str] = frozenset(),  # type: ignore[assignment]
+                      guests: set[str] = frozenset()) -> list[Route]:  # type: ignore[assignment]
     """Rebuild the key routes this domain installed from what its nodes hold (VIRT links + apps).
 
     `border`: our nodes that belong to other domains too. A segment entering from another domain
     that has only border nodes is the other domain's route ending at a shared node: not ours.
+    `guests`: those of them whose own domain is another one. A segment on border nodes only belongs
+    to the own domain of its source node (`qkdl_local`), as `qkdnet up` and `provision_route` do.
     """
     managed = set(views)
     per_link: dict[str, dict[str, VirtLink]] = {}
@@ -494,7 +497,7 @@ def routes_from_views(views: dict[str, NodeView], border: set[str] = frozenset()
             path.append(cur)
             cur = at[cur].next_hops[0] if at[cur].next_hops else None
         first, last = at[path[0]], at[path[-1]]
-        if first.prev_hop and first.prev_hop not in managed and set(path) <= border:
+        if set(path) <= border and (first.prev_hop and first.prev_hop not in managed or any_ln.local_node in guests):
             continue
         segments[qkdl_id] = Segment(qkdl_id, path, int(first.bandwidth or 0), any_ln.local_node, any_ln.remote_node,
                                     first.prev_hop, last.next_hops[0] if last.next_hops else None)
