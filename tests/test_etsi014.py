@@ -116,6 +116,30 @@ async def test_enc_at_a_dec_at_b_same_keys(net: Net) -> None:
     assert status == 200 and dec == body
 
 
+async def test_dec_keys_waits_for_its_own_copy_of_the_key_stream(net: Net) -> None:
+    """Each KME stores the link's key stream from its own module: A (master) has stored and may hand
+    out seq 400 before B has. B's dec_keys for it waits while B's stream advances (B's feeder is
+    running: `fed`), and answers with the key once stored; without a stream it answers 400 at once,
+    and so it does when the stream stops before the key came."""
+    import asyncio
+
+    newer = stream(4, N_KEYS)
+    assert net.stores["A"].ingest("A-B", newer) == 4
+    kid, key = newer[0][0], newer[0][2]
+    status, body = await net.call("B", "b1", "GET", "/keys/a1/dec_keys", params={"key_ID": kid})
+    assert status == 400 and body["details"] == [{"key_ID": kid, "reason": "unknown"}]  # no stream: not waited for
+    net.servers["B"].fed = lambda assoc_id: assoc_id == "B-A"
+    status, body = await net.call("B", "b1", "GET", "/keys/a1/dec_keys", params={"key_ID": kid})
+    assert status == 400 and body["details"][0]["reason"] == "unknown"  # the stream did not move
+    call = asyncio.create_task(net.call("B", "b1", "GET", "/keys/a1/dec_keys", params={"key_ID": kid}))
+    await asyncio.sleep(0.05)
+    assert not call.done()
+    assert net.stores["B"].ingest("B-A", newer) == 4  # B's feeder catches up
+    status, body = await call
+    assert status == 200, body
+    assert body["keys"] == [{"key_ID": kid, "key": base64.b64encode(key).decode()}]
+
+
 async def test_key_never_delivered_twice(net: Net) -> None:
     _, body = await net.call("A", "a1", "POST", "/keys/b1/enc_keys", json={"number": 3})
     ids = [k["key_ID"] for k in body["keys"]]

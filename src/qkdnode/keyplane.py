@@ -115,6 +115,7 @@ class KeyPlane:
                                          host=str(api.get("host", "127.0.0.1")), port=int(api.get("port", 0)),
                                          limits=ApiLimits.from_config(api))
             attach_to_014(self.etsi014, self.forwarder, self.resolver)  # relayed keys within enc_keys
+            self.etsi014.fed = self._fed
             if self.metrics is not None:
                 self.etsi014.app.middlewares.append(self.metrics.etsi014_middleware)
             self.etsi014_port = await self.etsi014.start()
@@ -288,6 +289,11 @@ class KeyPlane:
             self.resolver.routes.update({lr.link.remote_node: q for q, lr in self.links.items()
                                          if lr.feeder is not None and lr.link.remote_node})
         self.set_routes(links)
+
+    def _fed(self, assoc_id: str) -> bool:
+        """Whether a QKD module's feeder stores the key stream of this association here."""
+        lr = self.links.get(assoc_id)
+        return lr is not None and lr.feeder is not None
 
     def _link_of(self, qkdi_id: int) -> str | None:
         for q, lr in self.links.items():

@@ -8,14 +8,22 @@ leaves only after the delivery is committed. Key bytes and request headers are n
 Routes (GS 014 clause 5): GET /api/v1/keys/{slave_SAE_ID}/status,
 GET|POST /api/v1/keys/{slave_SAE_ID}/enc_keys, GET|POST /api/v1/keys/{master_SAE_ID}/dec_keys, and
 GET /api/v1/openapi.yaml (our OpenAPI 3 description of this API).
+
+The two ends of a QKD link store the link's key stream independently (each KMS's feeder pulls from its
+own module), so the master's KME may hand out a key that this KME has not stored yet. A dec_keys
+naming key IDs this store does not know, on an association a key stream feeds (`fed`), waits for the
+stream while it advances (at most `DEC_WAIT_S`, giving up once it has not advanced for `DEC_IDLE_S`),
+then answers 400 as before.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,7 +33,7 @@ from aiohttp import web
 
 from ..pki import peer_common_name
 from .committer import GroupCommitter
-from .errors import BadRequest, KeyStoreError, StorageError, Unauthorized
+from .errors import BadRequest, KeysNotAvailable, KeyStoreError, StorageError, Unauthorized
 from .limits import ApiLimits, SaeRateLimiter
 from .store import KeyStore
 from .types import Delivery, MasterRequest, SlaveRequest
@@ -33,6 +41,8 @@ from .types import Delivery, MasterRequest, SlaveRequest
 log = logging.getLogger(__name__)
 
 PREFIX = "/api/v1/keys"
+DEC_WAIT_S = 1.5  # how long dec_keys waits for this KME's copy of keys the master's KME may have handed out
+DEC_IDLE_S = 0.3  # ... unless the key stream does not advance for that long (no feeder: the IDs are unknown)
 OPENAPI_RESOURCE = "etsi014-openapi.yaml"
 # response item: number of keys the reply delivers, for the metrics middleware (qkdnode.metrics)
 DELIVERED_KEYS: Any = web.ResponseKey("qkd_keys", int) if hasattr(web, "ResponseKey") else "qkd_keys"
@@ -167,6 +177,7 @@ class Etsi014Server:
         self.host = host
         self.port = port
         self.committer = GroupCommitter(store)
+        self.fed: Callable[[str], bool] = lambda assoc_id: False  # is a QKD module's key stream feeding it here?
         self.limits = limits or ApiLimits()
         self.limiter = SaeRateLimiter(self.limits.rate, self.limits.burst)
         self.app = web.Application(client_max_size=max_body or self.limits.max_body)
@@ -303,8 +314,25 @@ class Etsi014Server:
     async def _dec_keys(self, request: web.Request, slave: str, ids: list[str]) -> web.Response:
         master = request.match_info["master"]
         assoc = self._association(slave, master)
-        delivery = await self.committer.deliver(SlaveRequest(assoc, tuple(ids), master, slave))
-        return _keys_response(delivery)
+        req = SlaveRequest(assoc, tuple(ids), master, slave)
+        deadline = time.monotonic() + DEC_WAIT_S
+        while True:
+            last = self.store.stats(assoc).last_seq
+            try:
+                return _keys_response(await self.committer.deliver(req))
+            except KeysNotAvailable as err:
+                if not self.fed(assoc) or not all(d.get("reason") == "unknown" for d in err.details) \
+                        or not await self._stream_moves(assoc, last, deadline):
+                    raise
+
+    async def _stream_moves(self, assoc: str, last: int, deadline: float) -> bool:
+        """Whether the association's key stream goes beyond `last` before the deadline (see the module docstring)."""
+        idle_until = min(time.monotonic() + DEC_IDLE_S, deadline)
+        while time.monotonic() < idle_until:
+            await asyncio.sleep(0.005)
+            if self.store.stats(assoc).last_seq != last:
+                return True
+        return False
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/yaml")
