@@ -297,6 +297,38 @@ async def test_link_key_stream_with_a_seq_gap(chain: Chain) -> None:
     assert status == 200 and got["keys"] == body["keys"]
 
 
+async def test_stream_tails_stored_at_one_end_only_are_forgotten(chain: Chain) -> None:
+    """The module pair of a-b restarted: a had stored seqs 2000..2009 (both parities), b's module lost
+    them; b had stored 2010..2013, which a never got. Once both ends' streams are past those runs,
+    each end forgets what it alone holds: a master at a would hand out, and a relay would name, keys
+    b never holds (and the other way round). Only seqs cross the wire."""
+    from qkdnode.forwarder.errors import NotNeighbour
+    from qkdnode.forwarder.service import pb
+
+    lid = chain.link_ids["a", "b"]
+    a, b = chain.nodes["a"], chain.nodes["b"]
+    tail = stream(14)
+    assert a.store.ingest(lid, [(k, 2000 + i, m) for i, (k, _, m) in enumerate(tail[:10])]) == 10
+    assert b.store.ingest(lid, [(k, 2010 + i, m) for i, (k, _, m) in enumerate(tail[10:])]) == 4
+    # neither stream has gone past the other's run: nothing to settle yet, nothing forgotten
+    assert await a.fwd.tails.settle() == 0 and await b.fwd.tails.settle() == 0
+    newer = [(k, 10**9 + s, m) for k, s, m in stream(100)]  # the pair's new stream
+    assert a.store.ingest(lid, newer) == b.store.ingest(lid, newer) == 100
+    assert a.store.segment_ends(lid) == [(0, 2009)] and b.store.segment_ends(lid) == [(0, 1999), (2010, 2013)]
+    before_a, before_b = a.store.stats(lid).available_total, b.store.stats(lid).available_total
+    await a.fwd.tails.settle()  # (the forwarders' own rounds, every 2 s, may come first: count on the stores)
+    await b.fwd.tails.settle()
+    assert a.store.stats(lid).available_total == before_a - 10 and b.store.stats(lid).available_total == before_b - 4
+    assert a.store.segment_ends(lid) == b.store.segment_ends(lid) == [(0, 1999)]
+    assert (a.fwd.counters["link_keys_forgotten"], b.fwd.counters["link_keys_forgotten"]) == (10, 4)
+    assert await a.fwd.tails.settle() == 0 and await b.fwd.tails.settle() == 0  # settled: not asked again
+    # the keys both hold are still usable end to end
+    status, body = await chain.enc("a", "sae-a", "sae-d", 2)
+    assert status == 200, body
+    with pytest.raises(NotNeighbour):  # only the link's other end may ask
+        await b.fwd.tails.handle(pb.TailsRequest(link_id=lid, first=[0], last=[1999]), "c")
+
+
 async def test_missing_route_in_the_middle_503_nothing_consumed(chain: Chain) -> None:
     routes = chain.route(NAMES, apps=tuple(SAES))
     chain.nodes["b"].fwd.set_routes([])  # b lost its VIRT entry

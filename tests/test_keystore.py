@@ -97,6 +97,31 @@ def test_own_seq_counts_stored_keys_across_seq_gaps(pair: Any) -> None:
     assert b.own_seq("l", 1) == 1  # the peer's takes do not touch b's own half
 
 
+def test_stream_tails_runs_high_water_and_forget(tmp_path: Path) -> None:
+    """keystore/tails.py: closed runs of the stream, how far a store holds a run (delivered keys count),
+    and forgetting a run's tail durably (across a reopen), blocks cut where needed."""
+    st = KeyStore(tmp_path / "s", block_keys=4)
+    st.add_association("l", "A", "B", master_parity=0)
+    st.ingest("l", stream(10))  # seqs 0..9 in blocks 0-3, 4-7, 8-9
+    assert st.segment_ends("l") == [] and st.high_water("l", 0, 9) is None  # the stream has not gone past 9
+    st.ingest("l", stream(4, 100))
+    assert st.segment_ends("l") == [(0, 9)] and st.high_water("l", 0, 9) == 9 and st.high_water("l", 20, 30) == 19
+    got = st.take_for_master("l", "m", "s", 5, 256)  # own parity 0..8: their blocks stay (odd keys left)
+    assert [parse_seq(st, k) for k, _ in got] == [0, 2, 4, 6, 8]
+    assert st.forget("l", 5, 9) == 4  # 6..9: block 4-7 cut to 4-5, block 8-9 gone
+    assert st.high_water("l", 0, 9) == 8  # 8 was delivered: it counts
+    assert st.segment_ends("l") == []  # nor is 5 a run's end: 6 was delivered here
+    st.close()
+    st = KeyStore(tmp_path / "s", block_keys=4)
+    assert st.stats("l").available_total == 3 + 4  # 1, 3, 5 and 100..103
+    assert st.take_for_master("l", "m", "s", 1, 256)[0][1] == material(100)  # the cursor moved past the gap
+    st.close()
+
+
+def parse_seq(st: KeyStore, key_id: str) -> int:
+    return next(s for k, s, _ in stream(200) if k == key_id)
+
+
 def test_take_by_ids_all_or_nothing(pair: Any) -> None:
     _, b = pair
     b.take_by_ids("l", [kid(10)], "a1", "b1")

@@ -64,6 +64,7 @@ from .origin import RELAY_KEY_SIZE_BITS, Origin
 from .ready import ReadyRelays
 from .routes import RelayRoute, TokenBucket, routes_from_links
 from .service import CALL_TIMEOUT_S, Neighbour, NeighbourChannels, RelayServer, pb
+from .tails import StreamTails
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +139,14 @@ class Forwarder(Origin):
         self.committing: set[str] = set()  # relays whose commit pass runs through this node now
         self.ready = ReadyRelays(self)
         self.channels = NeighbourChannels(pki, on_broken=self.ready.neighbour_lost)
+        self.counters: Counter[str] = Counter()  # numbers only: relays, keys, link keys, failures
+        self.tails = StreamTails(store, node_name, links, lambda: self.neighbours, self.channels, self.counters)
         self.server = RelayServer.create(pki, node_name, lambda: self.neighbours, self.handle_prepare,
-                                         self.handle_commit, self.handle_abort, self.ready.handle_revoke)
+                                         self.handle_commit, self.handle_abort, self.ready.handle_revoke,
+                                         self.tails.handle)
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.counters: Counter[str] = Counter()  # numbers only: relays, keys, link keys, failures
         self.linkkeys = LinkKeys(store, node_name, self.counters)
 
     @property
@@ -154,6 +157,7 @@ class Forwarder(Origin):
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         self.port = await self.server.start(host, port)
         self._sweeper = asyncio.create_task(self._sweep(), name="forwarder-sweeper")
+        self._spawn(self.tails.run())
         log.info("key forwarder of %s on %s:%d (%d neighbours)", self.node_name, host, self.port,
                  len(self.neighbours))
         return self.port

@@ -68,7 +68,8 @@ def peer_name(context: grpc.aio.ServicerContext) -> str | None:
 Handler = Callable[[Any, str], Awaitable[Any]]
 
 
-_REQUESTS = {"prepare": ("prepared", 0), "commit": ("committed", 1), "abort": ("aborted", 2), "revoke": ("revoked", 3)}
+_REQUESTS = {"prepare": ("prepared", 0), "commit": ("committed", 1), "abort": ("aborted", 2), "revoke": ("revoked", 3),
+             "tails": ("tails_known", 4)}
 
 
 class _Servicer(pb_grpc.KeyRelayServicer):
@@ -76,10 +77,11 @@ class _Servicer(pb_grpc.KeyRelayServicer):
     (unary calls) or as `Failure` replies (the Hop stream)."""
 
     def __init__(self, neighbours: Callable[[], dict[str, Neighbour]], node_name: str,
-                 prepare: Handler, commit: Handler, abort: Handler, revoke: Handler) -> None:
+                 prepare: Handler, commit: Handler, abort: Handler, revoke: Handler, tails: Handler) -> None:
         self._neighbours = neighbours
         self._node_name = node_name
         self._prepare, self._commit, self._abort, self._revoke = prepare, commit, abort, revoke
+        self._tails = tails
         self.closing = asyncio.Event()  # set by RelayServer.stop: Hop streams end after their requests
 
     async def _run(self, handler: Handler, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -100,7 +102,7 @@ class _Servicer(pb_grpc.KeyRelayServicer):
         if caller is None or caller not in self._neighbours():
             err = NotNeighbour(f"{self._node_name}: certificate {caller or '(no CN)'} is not a neighbour's")
             await context.abort(err.code, err.message, trailing_metadata=err.metadata())
-        handlers = (self._prepare, self._commit, self._abort, self._revoke)
+        handlers = (self._prepare, self._commit, self._abort, self._revoke, self._tails)
         write_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -162,8 +164,8 @@ class RelayServer:
 
     @classmethod
     def create(cls, pki: CertPaths, node_name: str, neighbours: Callable[[], dict[str, Neighbour]],
-               prepare: Handler, commit: Handler, abort: Handler, revoke: Handler) -> RelayServer:
-        return cls(pki, _Servicer(neighbours, node_name, prepare, commit, abort, revoke))
+               prepare: Handler, commit: Handler, abort: Handler, revoke: Handler, tails: Handler) -> RelayServer:
+        return cls(pki, _Servicer(neighbours, node_name, prepare, commit, abort, revoke, tails))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         ca, key, cert = _read(self.pki)
@@ -286,7 +288,7 @@ class NeighbourChannels:
         return stub
 
     async def call(self, nb: Neighbour, method: str, request: Any, timeout: float) -> Any:
-        """Call `method` (prepare, commit, abort, revoke) on the neighbour over its Hop stream; the
+        """Call `method` (prepare, commit, abort, revoke, tails) on the neighbour over its Hop stream; the
         neighbour's RelayError (or a transport failure) is raised as such."""
         stub = self.stub(nb)
         stream = self._streams.get(nb.name)

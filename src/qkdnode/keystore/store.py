@@ -67,6 +67,7 @@ from .errors import (
     UnknownAssociation,
 )
 from .intent import Intents, recover_intents
+from .tails import Tails
 from .mirror import AssocMirror, Block, Plan
 from .schema import SCHEMA
 from .stream import check_stream, seq_runs
@@ -88,7 +89,7 @@ log = logging.getLogger(__name__)
 
 
 
-class KeyStore(Intents):
+class KeyStore(Intents, Tails):
     """SQLite-backed key store of one node; see the module docstring for the rules."""
 
     FILE_NAME = "keystore.sqlite3"
