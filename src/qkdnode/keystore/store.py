@@ -49,7 +49,7 @@ import sqlite3
 import threading
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -67,10 +67,10 @@ from .errors import (
     UnknownAssociation,
 )
 from .intent import Intents, recover_intents
-from .tails import Tails
 from .mirror import AssocMirror, Block, Plan
 from .schema import SCHEMA
 from .stream import check_stream, seq_runs
+from .tails import Tails
 from .types import (
     Association,
     AssociationKind,
@@ -317,20 +317,13 @@ class KeyStore(Intents, Tails):
         are not stored), so this is counted on the stored keys, not computed from `last_seq`."""
         with self._lock:
             a = self._assoc(assoc_id)
-            if not 1 <= k <= a.avail_own:
-                return None
-            bi = max(bisect_right(a.starts, a.cursor) - 1, 0)
-            while True:
-                b = a.blocks[bi]
-                bi += 1
-                s = max(a.cursor - b.first_seq, 0)
-                if (b.first_seq + s) & 1 != a.info.master_parity:
-                    s += 1
-                for x in range(s, b.n, 2):
-                    if not b.taken[x]:
+            if k >= 1:
+                for b, free in _own_untaken(a):
+                    for x in free:
                         k -= 1
                         if not k:
                             return b.first_seq + x
+            return None
 
     def _make_stats(self, a: AssocMirror) -> Stats:
         total = a.avail_own + a.avail_other
@@ -514,19 +507,14 @@ class KeyStore(Intents, Tails):
         if a.avail_own < need:
             raise InsufficientKeys(need, a.avail_own)
         plan: list[tuple[Block, list[int]]] = []
-        bi = max(bisect_right(a.starts, a.cursor) - 1, 0)
-        while need:
-            b = a.blocks[bi]  # IndexError here means a broken invariant: the group is rolled back
-            bi += 1
-            s = max(a.cursor - b.first_seq, 0)
-            if (b.first_seq + s) & 1 != info.master_parity:
-                s += 1
-            taken = b.taken  # below the cursor all own keys are taken; above it none should be
-            slots = list(islice((x for x in range(s, b.n, 2) if not taken[x]), need))
+        for b, free in _own_untaken(a):
+            slots = list(islice(free, need))
             if slots:
                 plan.append((b, slots))
                 need -= len(slots)
-        return Plan(plan)
+                if not need:
+                    return Plan(plan)
+        raise IndexError("fewer own keys than counted")  # a broken invariant: the group is rolled back
 
     def _plan_slave(self, a: AssocMirror, req: SlaveRequest) -> Plan:
         ids = req.key_ids
@@ -633,3 +621,15 @@ class KeyStore(Intents, Tails):
             except sqlite3.Error:
                 pass
         self._load()
+
+
+def _own_untaken(a: AssocMirror) -> Iterator[tuple[Block, Iterator[int]]]:
+    """From the master cursor on, in seq order: each block with the slots of its keys of this node's
+    parity not delivered yet (below the cursor all of them are delivered)."""
+    for i in range(max(bisect_right(a.starts, a.cursor) - 1, 0), len(a.blocks)):
+        b = a.blocks[i]
+        s = max(a.cursor - b.first_seq, 0)
+        if (b.first_seq + s) & 1 != a.info.master_parity:
+            s += 1
+        taken = b.taken
+        yield b, (x for x in range(s, b.n, 2) if not taken[x])
