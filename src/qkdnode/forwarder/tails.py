@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 
-from ..keystore.errors import UnknownAssociation
+from ..keystore.errors import KeyStoreError, UnknownAssociation
 from ..keystore.store import KeyStore
 from .errors import BadRelayMessage, NotNeighbour, RelayError
 from .service import CALL_TIMEOUT_S, Neighbour, NeighbourChannels, pb
@@ -44,7 +44,10 @@ class StreamTails:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(SETTLE_INTERVAL_S)
-            await self.settle()
+            try:
+                await self.settle()
+            except KeyStoreError as err:  # the next round asks again
+                log.error("node %s: stream tails not settled: %s", self.node_name, err.message)
 
     async def settle(self) -> int:
         """One round over every link in service; returns how many keys were forgotten."""
