@@ -329,6 +329,25 @@ async def test_stream_tails_stored_at_one_end_only_are_forgotten(chain: Chain) -
         await b.fwd.tails.handle(pb.TailsRequest(link_id=lid, first=[0], last=[1999]), "c")
 
 
+async def test_calls_on_closed_channels_are_peer_unreachable(chain: Chain) -> None:
+    """A node that is stopping (its channels closed, maybe while a call was opening a stream: a revoke
+    spawned when a stopping neighbour's stream broke) gets PeerUnreachable, a RelayError that callers
+    handle, not gRPC's UsageError (it surfaced as a Traceback in a node's log at shutdown)."""
+    from qkdnode.forwarder.errors import PeerUnreachable
+    from qkdnode.forwarder.service import NeighbourChannels, pb
+
+    nb = chain.nodes["b"].fwd.neighbours["c"]
+    req = pb.TailsRequest(link_id=chain.link_ids["b", "c"])
+    opening = NeighbourChannels(chain.certs["b"])
+    opening.stub(nb)
+    await opening._stubs["c"][0].close()  # closed between the stub and its stream
+    with pytest.raises(PeerUnreachable, match="stopping"):
+        await opening.call(nb, "tails", req, 5)
+    await opening.close()
+    with pytest.raises(PeerUnreachable, match="stopping"):
+        await opening.call(nb, "tails", req, 5)
+
+
 async def test_missing_route_in_the_middle_503_nothing_consumed(chain: Chain) -> None:
     routes = chain.route(NAMES, apps=tuple(SAES))
     chain.nodes["b"].fwd.set_routes([])  # b lost its VIRT entry

@@ -271,8 +271,11 @@ class NeighbourChannels:
         self.on_broken = on_broken
         self._stubs: dict[str, tuple[grpc.aio.Channel, pb_grpc.KeyRelayStub, tuple[str, int]]] = {}
         self._streams: dict[str, HopStream] = {}
+        self.closed = False  # by close(): the node is stopping, no call goes out any more
 
     def stub(self, nb: Neighbour) -> pb_grpc.KeyRelayStub:
+        if self.closed:
+            raise PeerUnreachable(f"neighbour {nb.name}: this node's forwarder is stopping")
         if nb.host is None or nb.port is None:
             raise RelayError(f"no forwarder address configured for neighbour {nb.name}")
         addr = (nb.host, nb.port)
@@ -295,7 +298,10 @@ class NeighbourChannels:
         if stream is None or stream.broken:
             if stream is not None:
                 await stream.close()
-            stream = self._streams[nb.name] = HopStream(stub, nb.name, self.on_broken)
+            try:
+                stream = self._streams[nb.name] = HopStream(stub, nb.name, self.on_broken)
+            except grpc.aio.UsageError:  # its channel was closed meanwhile (the node is stopping)
+                raise PeerUnreachable(f"neighbour {nb.name}: this node's forwarder is stopping") from None
         reply = await stream.request(method, request, timeout)
         if reply.WhichOneof("body") == "failure":
             raise RelayError.from_failure(reply.failure.kind, reply.failure.message)
@@ -309,6 +315,7 @@ class NeighbourChannels:
             raise RelayError.from_rpc_error(err, nb.name) from None
 
     async def close(self) -> None:
+        self.closed = True
         for stream in self._streams.values():
             await stream.close()
         self._streams.clear()
