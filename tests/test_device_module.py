@@ -525,3 +525,32 @@ async def test_feeders_fill_both_stores_with_the_same_keys(pairs: Factory, tmp_p
             await src.stop()
         for s in stores:
             s.close()
+
+
+async def test_listener_session_cancelled_while_closing_logs_no_error() -> None:
+    """A photon channel session cancelled, then cancelled again while it closes its connection (the
+    module stopping while the listener stops): the session ends quietly, asyncio logs no error (it
+    logged the connection task's CancelledError with a Traceback in a node's log)."""
+    from qkdnode.devices.channel import ChannelListener
+
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, ctx: errors.append(ctx))
+    try:
+        async def on_connect(channel: Any) -> None:
+            await asyncio.sleep(3600)
+
+        listener = ChannelListener("127.0.0.1", 0, on_connect)
+        port = await listener.start()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        await until(lambda: listener._tasks, what="the session task")
+        [task] = list(listener._tasks)
+        task.cancel()
+        await asyncio.sleep(0)  # the session is now closing its connection
+        task.cancel()
+        await asyncio.sleep(0.2)
+        assert task.done() and not errors, errors
+        writer.close()
+        await listener.stop()
+    finally:
+        loop.set_exception_handler(None)

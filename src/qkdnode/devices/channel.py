@@ -405,7 +405,10 @@ class ChannelListener:
         except Exception:
             log.exception("photon channel session from %s failed", channel.peer)
         finally:
-            await channel.close()
+            try:
+                await channel.close()
+            except asyncio.CancelledError:  # stopped (again) while closing: the transport is closed already;
+                pass  # ending here keeps asyncio from logging the connection task's cancellation as an error
             self._tasks.discard(task)
 
     async def stop(self) -> None:
