@@ -316,7 +316,7 @@ async def test_stream_tails_stored_at_one_end_only_are_forgotten(chain: Chain) -
     assert a.store.ingest(lid, newer) == b.store.ingest(lid, newer) == 100
     assert a.store.segment_ends(lid) == [(0, 2009)] and b.store.segment_ends(lid) == [(0, 1999), (2010, 2013)]
     before_a, before_b = a.store.stats(lid).available_total, b.store.stats(lid).available_total
-    await a.fwd.tails.settle()  # (the forwarders' own rounds, every 2 s, may come first: count on the stores)
+    await a.fwd.tails.settle()  # (the forwarders' own rounds, every second, may come first: count on the stores)
     await b.fwd.tails.settle()
     assert a.store.stats(lid).available_total == before_a - 10 and b.store.stats(lid).available_total == before_b - 4
     assert a.store.segment_ends(lid) == b.store.segment_ends(lid) == [(0, 1999)]

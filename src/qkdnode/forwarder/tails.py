@@ -23,7 +23,7 @@ from .service import CALL_TIMEOUT_S, Neighbour, NeighbourChannels, pb
 
 log = logging.getLogger(__name__)
 
-SETTLE_INTERVAL_S = 2.0
+SETTLE_INTERVAL_S = 1.0
 MAX_RUNS = 256  # runs per request
 
 
@@ -40,6 +40,7 @@ class StreamTails:
         self.channels = channels
         self.counters = counters
         self.settled: set[tuple[str, int]] = set()  # (link, run end) the neighbour holds up to
+        self._looked: dict[str, int] = {}  # link -> its store's stream_breaks when every run was settled
 
     async def run(self) -> None:
         while True:
@@ -58,11 +59,15 @@ class StreamTails:
             if nb is None:
                 continue
             try:
+                breaks = self.store.stream_breaks(link_id)
+                if self._looked.get(link_id) == breaks:  # no run closed since all were settled
+                    continue
                 runs = await asyncio.to_thread(self.store.segment_ends, link_id)
             except UnknownAssociation:
                 continue
             ask = [r for r in runs if (link_id, r[1]) not in self.settled][:MAX_RUNS]
             if not ask:
+                self._looked[link_id] = breaks
                 continue
             req = pb.TailsRequest(link_id=link_id, first=[f for f, _ in ask], last=[e for _, e in ask])
             try:

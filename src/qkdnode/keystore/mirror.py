@@ -32,7 +32,7 @@ class AssocMirror:
     """Blocks (in seq order) and counters of one association."""
 
     __slots__ = ("info", "cursor", "last_seq", "dropped", "blocks", "starts",
-                 "avail_own", "avail_other", "delivered", "hint")
+                 "avail_own", "avail_other", "delivered", "hint", "breaks")
 
     def __init__(self, info: Association, cursor: int, last_seq: int, dropped: int) -> None:
         self.info = info
@@ -45,6 +45,7 @@ class AssocMirror:
         self.avail_other = 0
         self.delivered = 0
         self.hint = 0                 # block index of the last ID lookup
+        self.breaks = 0               # blocks appended not right after the previous one (stream gaps)
 
     def own_count(self, first_seq: int, n: int) -> int:
         """How many of the seqs first_seq .. first_seq+n-1 have this node's master parity."""
@@ -55,6 +56,8 @@ class AssocMirror:
 
     def append(self, block: Block) -> None:
         """Add a block (seq above all others) and count its untaken keys."""
+        if self.blocks and self.blocks[-1].first_seq + self.blocks[-1].n != block.first_seq:
+            self.breaks += 1
         self.blocks.append(block)
         self.starts.append(block.first_seq)
         own = self.own_count(block.first_seq, block.n)

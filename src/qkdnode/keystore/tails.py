@@ -39,6 +39,10 @@ class Tails:
         def _load(self) -> None: ...
         def _write(self, what: str, durable: bool, work: Callable[[sqlite3.Connection], object]) -> None: ...
 
+    def stream_breaks(self, assoc_id: str) -> int:
+        """A number that changes whenever a run of stored seqs may have closed (lock-free: one read)."""
+        return self._assoc(assoc_id).breaks
+
     def segment_ends(self, assoc_id: str) -> list[tuple[int, int]]:
         """The closed runs of stored seqs, (first, last): each followed by a later run, and not by
         keys this node delivered (a run of delivered keys, whose blocks are gone, continues it)."""
