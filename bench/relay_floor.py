@@ -10,6 +10,7 @@ every transport alike). Transports:
 * `tcp`: asyncio streams (uvloop), 4-byte length prefix, no TLS: the floor of the machine and Python;
 * `tls`: the same with mutual TLS 1.3 (the lab PKI's contexts);
 * `grpc`: a grpc.aio bidirectional stream, no TLS, bytes in and out;
+* `grpc-tls`: the same with mutual TLS (the forwarder's credentials and options);
 * `forwarder`: the key forwarder's own transport (`forwarder/service.py`: `RelayServer`,
   `NeighbourChannels`, the Hop stream with mutual TLS, `RelayHop`/`CommitReply` protobuf messages of a
   one-key relay), the handler forwarding the commit downstream and nothing else.
@@ -42,7 +43,7 @@ from qkdnode import eventloop  # noqa: E402
 from qkdnode.forwarder.service import Neighbour, NeighbourChannels, RelayServer, pb  # noqa: E402
 from qkdnode.pki import CertificateAuthority, CertPaths, client_context, server_context  # noqa: E402
 
-TRANSPORTS = ("tcp", "tls", "grpc", "forwarder")
+TRANSPORTS = ("tcp", "tls", "grpc", "grpc-tls", "forwarder")
 ROUNDS = 3
 REQUESTS = 400
 GAPS_S = (0.0, 0.005)  # back to back; and with the nodes idle between requests, as in a relay bench
@@ -73,8 +74,12 @@ async def stream_sender(port: int, ctx: ssl.SSLContext | None) -> Send:
     return send
 
 
-def grpc_sender(port: int, channels: list[grpc.aio.Channel]) -> Send:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+def grpc_sender(port: int, channels: list[grpc.aio.Channel], tls: CertPaths | None = None) -> Send:
+    if tls is None:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    else:  # mutual TLS, as the forwarder's channels (the certificates name 127.0.0.1 too)
+        creds = grpc.ssl_channel_credentials(tls.ca.read_bytes(), tls.key.read_bytes(), tls.cert.read_bytes())
+        channel = grpc.aio.secure_channel(f"127.0.0.1:{port}", creds)
     channels.append(channel)
     call = channel.stream_stream(f"/{SERVICE}/Hop")()
 
@@ -104,19 +109,22 @@ async def node(transport: str, certs: list[CertPaths], i: int, next_port: int) -
     else:
         down: Send | None = None
         if next_port:
-            down = grpc_sender(next_port, []) if transport == "grpc" else \
+            down = grpc_sender(next_port, [], mine if transport == "grpc-tls" else None) \
+                if transport.startswith("grpc") else \
                 await stream_sender(next_port, client_context(mine) if transport == "tls" else None)
 
         async def pass_on(msg: bytes) -> bytes:
             return await down(msg) if down is not None else b"ok"
-        if transport == "grpc":
+        if transport.startswith("grpc"):
             async def hop(requests: Any, context: grpc.aio.ServicerContext) -> None:
                 async for msg in requests:
                     await context.write(await pass_on(msg))
             gserver = grpc.aio.server()
             gserver.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {
                 "Hop": grpc.stream_stream_rpc_method_handler(hop)}),))
-            port = gserver.add_insecure_port("127.0.0.1:0")
+            port = gserver.add_insecure_port("127.0.0.1:0") if transport == "grpc" else \
+                gserver.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+                    [(mine.key.read_bytes(), mine.cert.read_bytes())], mine.ca.read_bytes(), require_client_auth=True))
             await gserver.start()
         else:
             async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -144,7 +152,8 @@ async def p50(transport: str, certs: list[CertPaths], port: int, gap: float) -> 
         async def once() -> None:
             await channels.call(nb, "commit", msg, 5)
     else:
-        send = grpc_sender(port, grpc_channels) if transport == "grpc" else \
+        send = grpc_sender(port, grpc_channels, certs[0] if transport == "grpc-tls" else None) \
+            if transport.startswith("grpc") else \
             await stream_sender(port, client_context(certs[0]) if transport == "tls" else None)
 
         async def once() -> None:
