@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from ..keystore.errors import KeysNotAvailable, KeyStoreError
 from ..keystore.store import KeyStore
+from ..keystore.stream import stream_moves
 from ..keystore.types import Delivery, MasterRequest, SlaveRequest
 from .errors import LinkKeyMismatch, LinkKeyShort, MacMismatch, RelayError
 
@@ -135,9 +136,7 @@ class LinkKeys:
                     self.counters["link_keys_sent"] += len(taken)
                 return material, taken, ticket
             if status == "unknown" and in_link is not None and time.monotonic() < deadline:
-                # our feeder has not stored them yet
-                while self.store.stats(in_link).last_seq == last and time.monotonic() < deadline:
-                    await asyncio.sleep(0.002)
+                await stream_moves(self.store, in_link, last, deadline)  # our feeder has not stored them yet
                 continue
             if status == "mac":
                 self.counters["mac_failures"] += 1

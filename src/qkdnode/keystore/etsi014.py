@@ -18,7 +18,6 @@ then answers 400 as before.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
@@ -36,6 +35,7 @@ from .committer import GroupCommitter
 from .errors import BadRequest, KeysNotAvailable, KeyStoreError, StorageError, Unauthorized
 from .limits import ApiLimits, SaeRateLimiter
 from .store import KeyStore
+from .stream import stream_moves
 from .types import Delivery, MasterRequest, SlaveRequest
 
 log = logging.getLogger(__name__)
@@ -322,17 +322,8 @@ class Etsi014Server:
                 return _keys_response(await self.committer.deliver(req))
             except KeysNotAvailable as err:
                 if not self.fed(assoc) or not all(d.get("reason") == "unknown" for d in err.details) \
-                        or not await self._stream_moves(assoc, last, deadline):
+                        or not await stream_moves(self.store, assoc, last, min(time.monotonic() + DEC_IDLE_S, deadline)):
                     raise
-
-    async def _stream_moves(self, assoc: str, last: int, deadline: float) -> bool:
-        """Whether the association's key stream goes beyond `last` before the deadline (see the module docstring)."""
-        idle_until = min(time.monotonic() + DEC_IDLE_S, deadline)
-        while time.monotonic() < idle_until:
-            await asyncio.sleep(0.005)
-            if self.store.stats(assoc).last_seq != last:
-                return True
-        return False
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.Response(body=self._openapi, content_type="application/yaml")

@@ -1,12 +1,21 @@
-"""The ingest contract of a key stream: what `KeyStore.ingest` accepts, and how it cuts blocks."""
+"""The ingest contract of a key stream: what `KeyStore.ingest` accepts, how it cuts blocks, and
+waiting for a stream that a feeder is still storing."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from itertools import islice
 from operator import lt
+from typing import TYPE_CHECKING
 
 from .errors import IngestError
 from .types import UUIDS_RE
+
+if TYPE_CHECKING:
+    from .store import KeyStore
+
+POLL_S = 0.002
 
 
 def check_stream(key_bytes: int, last_seq: int, ids: list[str], seqs: list[int], mats: list[bytes]) -> None:
@@ -37,3 +46,13 @@ def seq_runs(seqs: list[int], block_keys: int) -> list[tuple[int, int]]:
         for s in range(lo, hi, block_keys):
             out.append((s, min(block_keys, hi - s)))
     return out
+
+
+async def stream_moves(store: KeyStore, assoc_id: str, last: int, until: float) -> bool:
+    """Whether the association's key stream goes beyond `last` (its feeder stores more keys) before
+    the monotonic time `until` (read from the lock-free counters, every `POLL_S`)."""
+    while store.stats(assoc_id).last_seq == last:
+        if time.monotonic() >= until:
+            return False
+        await asyncio.sleep(POLL_S)
+    return True
