@@ -98,5 +98,6 @@ class StreamTails:
         if len(req.first) != len(req.last) or len(req.first) > MAX_RUNS \
                 or any(f > e for f, e in zip(req.first, req.last)):
             raise BadRelayMessage(f"node {self.node_name}: malformed stream tails request")
-        highs = [await asyncio.to_thread(self.store.high_water, req.link_id, f, e) for f, e in zip(req.first, req.last)]
+        highs = await asyncio.to_thread(lambda: [self.store.high_water(req.link_id, f, e)
+                                                 for f, e in zip(req.first, req.last)])
         return pb.TailsReply(known=[h is not None for h in highs], high=[h if h is not None else 0 for h in highs])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -66,9 +67,9 @@ class Tails:
             if a.last_seq <= last:
                 return None
             top = first - 1
-            for b in a.blocks:
-                if b.first_seq <= last and b.first_seq + b.n - 1 >= first:
-                    top = max(top, min(b.first_seq + b.n - 1, last))
+            i = bisect_right(a.starts, last) - 1  # the last block starting in or before the range
+            if i >= 0 and a.blocks[i].first_seq + a.blocks[i].n - 1 >= first:
+                top = min(a.blocks[i].first_seq + a.blocks[i].n - 1, last)
             row = self._db().execute("SELECT max(seq) FROM delivery WHERE assoc_id = ? AND seq BETWEEN ? AND ?",
                                      (assoc_id, first, last)).fetchone()
             return max(top, row[0]) if row and row[0] is not None else top
