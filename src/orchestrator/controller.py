@@ -151,8 +151,7 @@ class Orchestrator:
 
     def _rebuild_intent(self) -> None:
         views = {q: v for q, v in self.model.nodes.items() if v.reachable}
-        border = {self.ids[n] for n in self.inventory.border_nodes() if n in self.ids}
-        self.routes = {r.route_id: r for r in routes_from_views(views, border, self._guest_ids())}
+        self.routes = {r.route_id: r for r in routes_from_views(views, self._border_ids(), self._guest_ids())}
         graph = self.model.key_graph()
         for r in self.routes.values():
             if not all(self._segment_ok(s, graph) for s in r.segments):
@@ -169,6 +168,10 @@ class Orchestrator:
                 for a, b in seg.hops():
                     hop = pair(a, b)
                     self.model.reserved[hop] = self.model.reserved.get(hop, 0) + seg.rate
+
+    def _border_ids(self) -> set[str]:
+        """qkdn_ids of this domain's border nodes (known so far)."""
+        return {self.ids[n] for n in self._border if n in self.ids}
 
     def _guest_ids(self) -> set[str]:
         """qkdn_ids of the border nodes whose own domain is another one."""
@@ -233,7 +236,7 @@ class Orchestrator:
                     shares = self._paths(s, d, int(rate_bps), path)
                 except NoRoute as exc:
                     raise RequestError(str(exc), 409) from exc
-            border = {self.ids[n] for n in self._border if n in self.ids}
+            border = self._border_ids()
             if s in self._guest_ids() and all(set(sh.nodes) <= border for sh in shares):
                 home = self.inventory.nodes[self.model.nodes[s].name].home
                 raise RequestError(f"a key route on shared border nodes only belongs to the domain of its source "
