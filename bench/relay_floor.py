@@ -104,7 +104,7 @@ async def node(transport: str, certs: list[CertPaths], i: int, next_port: int) -
         async def other(req: Any, caller: str) -> Any:
             raise AssertionError("only commits in this bench")
         server = RelayServer.create(mine, f"n{i}", lambda: {f"n{i - 1}": Neighbour(f"n{i - 1}", "x")},
-                                    other, commit, other, other, other)
+                                    {"prepare": other, "commit": commit, "abort": other, "revoke": other, "tails": other})
         port = await server.start()
     else:
         down: Send | None = None

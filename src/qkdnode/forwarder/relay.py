@@ -141,9 +141,9 @@ class Forwarder(Origin):
         self.channels = NeighbourChannels(pki, on_broken=self.ready.neighbour_lost)
         self.counters: Counter[str] = Counter()  # numbers only: relays, keys, link keys, failures
         self.tails = StreamTails(store, node_name, links, lambda: self.neighbours, self.channels, self.counters)
-        self.server = RelayServer.create(pki, node_name, lambda: self.neighbours, self.handle_prepare,
-                                         self.handle_commit, self.handle_abort, self.ready.handle_revoke,
-                                         self.tails.handle)
+        self.server = RelayServer.create(pki, node_name, lambda: self.neighbours, {
+            "prepare": self.handle_prepare, "commit": self.handle_commit, "abort": self.handle_abort,
+            "revoke": self.ready.handle_revoke, "tails": self.tails.handle})
         self.port = 0
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,8 +68,8 @@ def peer_name(context: grpc.aio.ServicerContext) -> str | None:
 Handler = Callable[[Any, str], Awaitable[Any]]
 
 
-_REQUESTS = {"prepare": ("prepared", 0), "commit": ("committed", 1), "abort": ("aborted", 2), "revoke": ("revoked", 3),
-             "tails": ("tails_known", 4)}
+# Hop stream requests, by name (the HopMessage field), and the HopMessage field of each one's reply
+_REPLY = {"prepare": "prepared", "commit": "committed", "abort": "aborted", "revoke": "revoked", "tails": "tails_known"}
 
 
 class _Servicer(pb_grpc.KeyRelayServicer):
@@ -77,11 +77,12 @@ class _Servicer(pb_grpc.KeyRelayServicer):
     (unary calls) or as `Failure` replies (the Hop stream)."""
 
     def __init__(self, neighbours: Callable[[], dict[str, Neighbour]], node_name: str,
-                 prepare: Handler, commit: Handler, abort: Handler, revoke: Handler, tails: Handler) -> None:
+                 handlers: Mapping[str, Handler]) -> None:
+        if set(handlers) != set(_REPLY):
+            raise ValueError(f"a handler for each of {sorted(_REPLY)} is needed")
         self._neighbours = neighbours
         self._node_name = node_name
-        self._prepare, self._commit, self._abort, self._revoke = prepare, commit, abort, revoke
-        self._tails = tails
+        self._handlers = dict(handlers)
         self.closing = asyncio.Event()  # set by RelayServer.stop: Hop streams end after their requests
 
     async def _run(self, handler: Handler, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -102,7 +103,6 @@ class _Servicer(pb_grpc.KeyRelayServicer):
         if caller is None or caller not in self._neighbours():
             err = NotNeighbour(f"{self._node_name}: certificate {caller or '(no CN)'} is not a neighbour's")
             await context.abort(err.code, err.message, trailing_metadata=err.metadata())
-        handlers = (self._prepare, self._commit, self._abort, self._revoke, self._tails)
         write_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -110,10 +110,9 @@ class _Servicer(pb_grpc.KeyRelayServicer):
             kind = msg.WhichOneof("body")
             reply = pb.HopMessage(call_id=msg.call_id)
             try:
-                if kind not in _REQUESTS:
+                if kind not in _REPLY:
                     raise RelayError(f"{self._node_name}: unexpected message {kind}")
-                field, i = _REQUESTS[kind]
-                getattr(reply, field).CopyFrom(await handlers[i](getattr(msg, kind), caller))
+                getattr(reply, _REPLY[kind]).CopyFrom(await self._handlers[kind](getattr(msg, kind), caller))
             except RelayError as err:
                 reply.failure.kind, reply.failure.message = err.kind, err.message
             except Exception:
@@ -144,13 +143,13 @@ class _Servicer(pb_grpc.KeyRelayServicer):
                 t.cancel()
 
     async def Prepare(self, request: pb.PrepareRequest, context: grpc.aio.ServicerContext) -> pb.PrepareReply:
-        return await self._run(self._prepare, request, context)
+        return await self._run(self._handlers["prepare"], request, context)
 
     async def Commit(self, request: pb.RelayHop, context: grpc.aio.ServicerContext) -> pb.CommitReply:
-        return await self._run(self._commit, request, context)
+        return await self._run(self._handlers["commit"], request, context)
 
     async def Abort(self, request: pb.AbortRequest, context: grpc.aio.ServicerContext) -> pb.AbortReply:
-        return await self._run(self._abort, request, context)
+        return await self._run(self._handlers["abort"], request, context)
 
 
 class RelayServer:
@@ -164,8 +163,9 @@ class RelayServer:
 
     @classmethod
     def create(cls, pki: CertPaths, node_name: str, neighbours: Callable[[], dict[str, Neighbour]],
-               prepare: Handler, commit: Handler, abort: Handler, revoke: Handler, tails: Handler) -> RelayServer:
-        return cls(pki, _Servicer(neighbours, node_name, prepare, commit, abort, revoke, tails))
+               handlers: Mapping[str, Handler]) -> RelayServer:
+        """`handlers`: the handler of each Hop request, by name (prepare, commit, abort, revoke, tails)."""
+        return cls(pki, _Servicer(neighbours, node_name, handlers))
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         ca, key, cert = _read(self.pki)
@@ -256,9 +256,6 @@ class HopStream:
         self._call.cancel()
         self._reader.cancel()
         await asyncio.gather(self._reader, return_exceptions=True)
-
-
-_REPLY = {method: reply for method, (reply, _) in _REQUESTS.items()}
 
 
 class NeighbourChannels:
